@@ -1,0 +1,499 @@
+//! Experiment files: TOML → a typed, range-checked [`Experiment`].
+//!
+//! Every error names the file, the line where it can be found, and the key path
+//! (`student.dropout`), and says what is allowed. Unknown keys are rejected.
+//! `--set key.path=value` overrides are applied to the parsed TOML before it is
+//! typed, so they are checked exactly like values written in the file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The experiment that `distill run` uses when no file is given: a few-minute real SST-2 run.
+pub const QUICKSTART_TOML: &str = include_str!("../experiments/quickstart.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Names the run directory and the rows of `results.csv`.
+    pub name: String,
+    pub task: TaskName,
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    /// Which stages run, in pipeline order.
+    #[serde(default = "defaults::stages")]
+    pub stages: Vec<Stage>,
+    #[serde(default)]
+    pub device: DeviceName,
+    /// Where run directories and `results.csv` go.
+    #[serde(default = "defaults::out_dir")]
+    pub out_dir: String,
+    pub data: DataConfig,
+    pub vocab: VocabConfig,
+    #[serde(default)]
+    pub embeddings: EmbeddingsConfig,
+    pub student: StudentConfig,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskName {
+    Sst2,
+    Mrpc,
+    Qqp,
+    Chnsenticorp,
+    Custom,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Teacher,
+    Student,
+    Distill,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceName {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Folder holding the split files; relative paths resolve against the working directory.
+    pub dir: String,
+    #[serde(default = "defaults::train_file")]
+    pub train: String,
+    #[serde(default = "defaults::dev_file")]
+    pub dev: String,
+    /// Skip malformed rows (and report how many) instead of stopping at the first one.
+    #[serde(default)]
+    pub skip_bad_rows: bool,
+    /// Use only the first N training rows (0 = all). For quick runs and tests.
+    #[serde(default)]
+    pub train_limit: usize,
+    /// Use only the first N dev rows (0 = all).
+    #[serde(default)]
+    pub dev_limit: usize,
+    /// Column names and label values of a `task = "custom"` TSV.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<CustomColumns>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CustomColumns {
+    pub text_a: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_b: Option<String>,
+    pub label: String,
+    /// The label strings, in class-index order (e.g. ["negative", "positive"]).
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VocabKind {
+    /// The WordPiece vocab of a BERT model dir (shared with the teacher, as in the seed).
+    Wordpiece,
+    /// jieba words counted in the training data.
+    Jieba,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VocabConfig {
+    pub kind: VocabKind,
+    /// For `wordpiece`: a BERT model dir (with `tokenizer.json` or `vocab.txt`), or one of those files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// For `jieba`: drop words seen fewer times than this in the training data.
+    #[serde(default = "defaults::min_count")]
+    pub min_count: usize,
+    /// For `jieba`: keep at most this many words, most frequent first (0 = no limit).
+    #[serde(default)]
+    pub max_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum VectorFormat {
+    Glove,
+    Word2vecText,
+    Word2vecBinary,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsConfig {
+    /// Pretrained word vectors; without it the embedding starts random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<VectorFormat>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    Adadelta,
+    Adam,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PairFeatures {
+    /// `[a, b, |a−b|, a·b]`, as in Tang et al. 2019.
+    Tang,
+    /// `a + b`, the PaddleNLP seed's variant.
+    Sum,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StudentConfig {
+    pub embedding_dim: usize,
+    pub hidden_size: usize,
+    /// Width of the tanh layer after the encoder (defaults to `hidden_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fc_size: Option<usize>,
+    pub dropout: f64,
+    #[serde(default = "defaults::pair_features")]
+    pub pair_features: PairFeatures,
+    /// Longer texts are cut to this many tokens.
+    #[serde(default = "defaults::max_seq_len")]
+    pub max_seq_len: usize,
+    pub optimizer: OptimizerName,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub epochs: usize,
+    /// Evaluate on dev every N steps as well as after each epoch (0 = only after each epoch).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Clip the global gradient norm to this value (0 = no clipping).
+    #[serde(default)]
+    pub max_grad_norm: f64,
+    /// Fine-tune the word embeddings (true) or keep them frozen.
+    #[serde(default = "defaults::yes")]
+    pub train_embeddings: bool,
+}
+
+mod defaults {
+    use super::*;
+    pub fn seed() -> u64 {
+        1
+    }
+    pub fn stages() -> Vec<Stage> {
+        vec![Stage::Student]
+    }
+    pub fn out_dir() -> String {
+        "runs".into()
+    }
+    pub fn train_file() -> String {
+        "train.tsv".into()
+    }
+    pub fn dev_file() -> String {
+        "dev.tsv".into()
+    }
+    pub fn min_count() -> usize {
+        1
+    }
+    pub fn pair_features() -> PairFeatures {
+        PairFeatures::Tang
+    }
+    pub fn max_seq_len() -> usize {
+        128
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+impl StudentConfig {
+    pub fn fc_size(&self) -> usize {
+        self.fc_size.unwrap_or(self.hidden_size)
+    }
+}
+
+/// An error in an experiment file: which file, where, which key, and what to do.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Experiment {
+    /// Reads, overrides and checks an experiment file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Experiment, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            line: None,
+            key: None,
+            message: format!("cannot read the experiment file: {e}"),
+        })?;
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses experiment TOML `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &str, overrides: &[String]) -> Result<Experiment, ConfigError> {
+        let err = |line: Option<usize>, key: Option<String>, message: String| ConfigError {
+            file: file.to_string(),
+            line,
+            key,
+            message,
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of_offset(text, s.start));
+            err(line, None, format!("not valid TOML: {}", e.message()))
+        })?;
+        for item in overrides {
+            apply_override(&mut table, item)
+                .map_err(|m| err(None, None, format!("--set {item}: {m}")))?;
+        }
+        let experiment: Experiment =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                let key = (key != ".").then_some(key);
+                let line = key.as_deref().and_then(|k| line_of_key(text, k));
+                err(line, key, e.into_inner().to_string())
+            })?;
+        experiment.check().map_err(|(key, message)| {
+            let line = line_of_key(text, &key);
+            err(line, Some(key), message)
+        })?;
+        Ok(experiment)
+    }
+
+    /// Range checks that serde's types cannot express. Returns (key, what is allowed).
+    fn check(&self) -> Result<(), (String, String)> {
+        fn range<T: PartialOrd + fmt::Display>(
+            key: &str,
+            v: T,
+            lo: T,
+            hi: T,
+        ) -> Result<(), (String, String)> {
+            if v < lo || v > hi {
+                return Err((key.into(), format!("{v} is out of range; allowed {lo} ..= {hi}")));
+            }
+            Ok(())
+        }
+        if self.name.is_empty()
+            || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err((
+                "name".into(),
+                format!("{:?} must be non-empty and use only letters, digits, '-', '_' and '.'", self.name),
+            ));
+        }
+        if self.stages.is_empty() {
+            return Err(("stages".into(), "list at least one stage: \"student\"".into()));
+        }
+        for stage in &self.stages {
+            if *stage != Stage::Student {
+                return Err((
+                    "stages".into(),
+                    format!(
+                        "stage {:?} is not available in this version of distill; only \"student\" runs yet",
+                        stage
+                    ),
+                ));
+            }
+        }
+        if self.device == DeviceName::Cuda {
+            return Err((
+                "device".into(),
+                "\"cuda\" is not available in this version of distill; use \"cpu\"".into(),
+            ));
+        }
+        match (self.task, &self.data.columns) {
+            (TaskName::Custom, None) => {
+                return Err((
+                    "data.columns".into(),
+                    "task = \"custom\" needs a [data.columns] table naming text_a, label and labels".into(),
+                ))
+            }
+            (TaskName::Custom, Some(c)) if c.labels.len() < 2 => {
+                return Err(("data.columns.labels".into(), "list at least two label values".into()))
+            }
+            (TaskName::Custom, Some(_)) => {}
+            (_, Some(_)) => {
+                return Err((
+                    "data.columns".into(),
+                    "only task = \"custom\" takes [data.columns]; built-in tasks know their columns".into(),
+                ))
+            }
+            (_, None) => {}
+        }
+        match self.vocab.kind {
+            VocabKind::Wordpiece if self.vocab.tokenizer.is_none() => {
+                return Err((
+                    "vocab.tokenizer".into(),
+                    "kind = \"wordpiece\" needs a BERT model dir or tokenizer file, e.g. \"${DISTILL_HOME}/models/all-MiniLM-L6-v2\"".into(),
+                ))
+            }
+            _ => {}
+        }
+        range("vocab.min_count", self.vocab.min_count, 1, 1_000_000)?;
+        if self.embeddings.path.is_some() != self.embeddings.format.is_some() {
+            return Err((
+                "embeddings.format".into(),
+                "give both embeddings.path and embeddings.format (\"glove\", \"word2vec_text\" or \"word2vec_binary\"), or neither".into(),
+            ));
+        }
+        let s = &self.student;
+        range("student.embedding_dim", s.embedding_dim, 1, 4096)?;
+        range("student.hidden_size", s.hidden_size, 1, 4096)?;
+        range("student.fc_size", s.fc_size(), 1, 4096)?;
+        if !(0.0..1.0).contains(&s.dropout) {
+            return Err(("student.dropout".into(), format!("{} is out of range; allowed 0 <= dropout < 1", s.dropout)));
+        }
+        range("student.max_seq_len", s.max_seq_len, 1, 4096)?;
+        if !(s.lr > 0.0 && s.lr <= 100.0) {
+            return Err(("student.lr".into(), format!("{} is out of range; allowed 0 < lr <= 100", s.lr)));
+        }
+        range("student.batch_size", s.batch_size, 1, 65536)?;
+        range("student.epochs", s.epochs, 1, 10_000)?;
+        if !(s.max_grad_norm >= 0.0 && s.max_grad_norm.is_finite()) {
+            return Err(("student.max_grad_norm".into(), "must be >= 0 (0 = no clipping)".into()));
+        }
+        Ok(())
+    }
+
+    /// The resolved config as TOML, as saved next to the results.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("an Experiment always serialises")
+    }
+
+    /// Hash of the resolved config; names the run directory.
+    pub fn config_hash(&self) -> String {
+        let digest = Sha256::digest(self.to_toml().as_bytes());
+        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Applies `a.b.c=value`; the value is read as TOML (`0.5`, `true`, `"x"`, `[1, 2]`), or as a bare string.
+fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), String> {
+    let (path, raw) = item
+        .split_once('=')
+        .ok_or_else(|| "expected key.path=value".to_string())?;
+    let path = path.trim();
+    if path.is_empty() {
+        return Err("empty key".into());
+    }
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {}", raw.trim())) {
+        Ok(mut t) => t.remove("v").expect("just parsed"),
+        Err(_) => toml::Value::String(raw.trim().to_string()),
+    };
+    let keys: Vec<&str> = path.split('.').collect();
+    let mut node = table;
+    for key in &keys[..keys.len() - 1] {
+        let entry = node
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{key}` is a value, not a table"))?;
+    }
+    node.insert(keys[keys.len() - 1].to_string(), value);
+    Ok(())
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Finds the line where a dotted key is written (`student.lr` → the `lr = …` line under `[student]`).
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let (leaf, tables) = parts.split_last()?;
+    let wanted_table = tables.join(".");
+    let mut current = String::new();
+    let mut table_line = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            current = header.trim().trim_start_matches('[').to_string();
+            if current == key {
+                return Some(i + 1);
+            }
+            if current == wanted_table {
+                table_line = Some(i + 1);
+            }
+            continue;
+        }
+        if current == wanted_table {
+            let name = line.split('=').next().unwrap_or("").trim().trim_matches('"');
+            if line.contains('=') && name == *leaf {
+                return Some(i + 1);
+            }
+        }
+    }
+    table_line
+}
+
+/// Expands `${VAR}` (and `${DISTILL_HOME}`, which defaults to `~/.cache/distill`) and a leading `~`.
+pub fn expand_path(raw: &str) -> PathBuf {
+    let mut out = String::new();
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let var = &after[..end];
+                let value = if var == "DISTILL_HOME" {
+                    distill_home().display().to_string()
+                } else {
+                    std::env::var(var).unwrap_or_default()
+                };
+                out.push_str(&value);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    if let Some(stripped) = out.strip_prefix("~/") {
+        if let Ok(home) = std::env::var("HOME") {
+            return Path::new(&home).join(stripped);
+        }
+    }
+    PathBuf::from(out)
+}
+
+/// The asset cache filled by `scripts/setup`.
+pub fn distill_home() -> PathBuf {
+    match std::env::var("DISTILL_HOME") {
+        Ok(v) if !v.is_empty() => PathBuf::from(v),
+        _ => {
+            let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+            Path::new(&home).join(".cache/distill")
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The Bi-LSTM student of Tang et al. 2019 / PaddleNLP's `distill_lstm`:
+//!
+//! token ids → embedding → (dropout) → Bi-LSTM → [final forward state, final backward state]
+//! → (pair tasks: features of the two texts) → (dropout) → tanh(fc) → output_layer → logits.
+//!
+//! Sizes come from the experiment at run time. Tensor names and layouts match PyTorch
+//! (`embedder.weight`, `lstm.weight_ih_l0[_reverse]`, `fc.weight` as `[out, in]`, …), so a
+//! saved student loads into an equivalent `torch.nn` module unchanged.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use dfdx::prelude::*;
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::lstm::{bilstm_final_states, LstmDirection, Matrix, Vector};
+use crate::config::PairFeatures;
+use crate::report::write_atomic;
+
+/// Everything that fixes the student's parameter shapes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct StudentShape {
+    pub vocab_size: usize,
+    pub embedding_dim: usize,
+    pub hidden_size: usize,
+    pub fc_size: usize,
+    pub num_labels: usize,
+    /// `Some` for sentence-pair tasks.
+    pub pair_features: Option<PairFeatures>,
+}
+
+impl StudentShape {
+    fn features(&self) -> usize {
+        let encoded = 2 * self.hidden_size;
+        match self.pair_features {
+            None | Some(PairFeatures::Sum) => encoded,
+            Some(PairFeatures::Tang) => 4 * encoded,
+        }
+    }
+}
+
+/// `y = x · weightᵀ + bias`, with PyTorch's `[out, in]` weight.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Matrix,
+    pub bias: Vector,
+}
+
+impl Linear {
+    /// PyTorch's default init: uniform(±1/√in).
+    pub fn new(dev: &Cpu, inputs: usize, outputs: usize, rng: &mut StdRng) -> Linear {
+        let k = 1.0 / (inputs as f32).sqrt();
+        Linear {
+            weight: uniform(dev, (outputs, inputs), k, rng),
+            bias: uniform(dev, (outputs,), k, rng),
+        }
+    }
+
+    pub fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>) -> Matrix<T> {
+        let rows = x.shape().0;
+        let outputs = self.weight.shape().0;
+        let bias = self.bias.clone().broadcast_like::<_, Axis<0>>(&(rows, outputs));
+        x.matmul(self.weight.clone().permute::<_, Axes2<1, 0>>()) + bias
+    }
+}
+
+fn uniform<S: Shape>(dev: &Cpu, shape: S, k: f32, rng: &mut StdRng) -> Tensor<S, f32, Cpu> {
+    let values: Vec<f32> = (0..shape.num_elements()).map(|_| rng.gen_range(-k..=k)).collect();
+    dev.tensor_from_vec(values, shape)
+}
+
+/// A padded batch of token sequences, time-major (`ids[t·B + b]`), as the encoder reads it.
+#[derive(Debug, Clone)]
+pub struct TokenBatch {
+    pub ids: Vec<usize>,
+    pub lengths: Vec<usize>,
+    pub steps: usize,
+}
+
+impl TokenBatch {
+    /// Pads `seqs` to the longest with `pad_id`; an empty sequence becomes one `pad_id` token.
+    pub fn new(seqs: &[&[u32]], pad_id: u32) -> TokenBatch {
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len().max(1)).collect();
+        let steps = lengths.iter().copied().max().unwrap_or(1);
+        let batch = seqs.len();
+        let mut ids = vec![pad_id as usize; steps * batch];
+        for (b, seq) in seqs.iter().enumerate() {
+            for (t, &id) in seq.iter().enumerate() {
+                ids[t * batch + b] = id as usize;
+            }
+        }
+        TokenBatch { ids, lengths, steps }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.lengths.len()
+    }
+}
+
+/// Inputs of one forward pass: one text per example, or (for pairs) all `a` texts then all `b` texts.
+#[derive(Debug, Clone)]
+pub struct StudentInput {
+    pub tokens: TokenBatch,
+    /// Number of examples; `tokens.rows()` is twice this for pairs.
+    pub examples: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct BiLstmStudent {
+    pub shape: StudentShape,
+    pub dropout: f32,
+    pub embedder: Matrix,
+    pub lstm_forward: LstmDirection,
+    pub lstm_backward: LstmDirection,
+    pub fc: Linear,
+    pub output_layer: Linear,
+}
+
+/// A mutable view of one parameter, for optimizers and checkpoints.
+pub enum ParamMut<'a> {
+    Matrix(&'a mut Matrix),
+    Vector(&'a mut Vector),
+}
+
+impl ParamMut<'_> {
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            ParamMut::Matrix(t) => vec![t.shape().0, t.shape().1],
+            ParamMut::Vector(t) => vec![t.shape().0],
+        }
+    }
+
+    pub fn values(&self) -> Vec<f32> {
+        match self {
+            ParamMut::Matrix(t) => t.as_vec(),
+            ParamMut::Vector(t) => t.as_vec(),
+        }
+    }
+
+    pub fn set_values(&mut self, values: &[f32]) {
+        match self {
+            ParamMut::Matrix(t) => t.copy_from(values),
+            ParamMut::Vector(t) => t.copy_from(values),
+        }
+    }
+
+    /// This parameter's gradient (zeros if it did not take part in the pass).
+    pub fn grad<'g>(&self, grads: &'g mut Gradients<f32, Cpu>) -> &'g mut [f32] {
+        match self {
+            ParamMut::Matrix(t) => grads.get_or_alloc_mut(&**t).expect("cpu alloc"),
+            ParamMut::Vector(t) => grads.get_or_alloc_mut(&**t).expect("cpu alloc"),
+        }
+    }
+}
+
+impl BiLstmStudent {
+    pub fn new(shape: StudentShape, dropout: f32, dev: &Cpu, rng: &mut StdRng) -> BiLstmStudent {
+        let (e, h) = (shape.embedding_dim, shape.hidden_size);
+        let k = 1.0 / (h as f32).sqrt();
+        let direction = |rng: &mut StdRng| LstmDirection {
+            weight_ih: uniform(dev, (4 * h, e), k, rng),
+            weight_hh: uniform(dev, (4 * h, h), k, rng),
+            bias_ih: uniform(dev, (4 * h,), k, rng),
+            bias_hh: uniform(dev, (4 * h,), k, rng),
+        };
+        let lstm_forward = direction(rng);
+        let lstm_backward = direction(rng);
+        let embedder = uniform(dev, (shape.vocab_size, e), 0.1, rng);
+        BiLstmStudent {
+            shape,
+            dropout,
+            embedder,
+            lstm_forward,
+            lstm_backward,
+            fc: Linear::new(dev, shape.features(), shape.fc_size, rng),
+            output_layer: Linear::new(dev, shape.fc_size, shape.num_labels, rng),
+        }
+    }
+
+    /// Logits `[examples, num_labels]`. `embedder` is `self.embedder`, traced or not:
+    /// the tape starts there and flows left to right through the whole graph.
+    pub fn forward<T: Tape<f32, Cpu>>(&self, embedder: Matrix<T>, input: &StudentInput, train: bool) -> Matrix<T> {
+        let dev = embedder.device().clone();
+        let tokens = &input.tokens;
+        let ids = dev.tensor_from_vec(tokens.ids.clone(), (tokens.ids.len(),));
+        let x: Matrix<T> = embedder.gather(ids);
+        let x = self.maybe_dropout(x, train);
+        let encoded = bilstm_final_states(x, &tokens.lengths, &self.lstm_forward, &self.lstm_backward);
+        let features = match self.shape.pair_features {
+            None => encoded,
+            Some(mode) => pair_features(encoded, input.examples, mode),
+        };
+        let features = self.maybe_dropout(features, train);
+        let hidden = self.fc.forward(features).tanh();
+        self.output_layer.forward(hidden)
+    }
+
+    /// Logits with dropout and a gradient tape.
+    pub fn forward_train(&self, input: &StudentInput) -> Matrix<OwnedTape<f32, Cpu>> {
+        self.forward(self.embedder.leaky_trace(), input, true)
+    }
+
+    /// Logits for evaluation and prediction: no dropout, no tape.
+    pub fn predict_logits(&self, input: &StudentInput) -> Vec<f32> {
+        self.forward(self.embedder.clone(), input, false).as_vec()
+    }
+
+    fn maybe_dropout<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, train: bool) -> Matrix<T> {
+        if train && self.dropout > 0.0 {
+            x.dropout(self.dropout)
+        } else {
+            x
+        }
+    }
+
+    /// Parameters with their checkpoint names, embedding first.
+    pub fn params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
+        let mut out = vec![("embedder.weight".to_string(), ParamMut::Matrix(&mut self.embedder))];
+        for (suffix, d) in [("", &mut self.lstm_forward), ("_reverse", &mut self.lstm_backward)] {
+            out.push((format!("lstm.weight_ih_l0{suffix}"), ParamMut::Matrix(&mut d.weight_ih)));
+            out.push((format!("lstm.weight_hh_l0{suffix}"), ParamMut::Matrix(&mut d.weight_hh)));
+            out.push((format!("lstm.bias_ih_l0{suffix}"), ParamMut::Vector(&mut d.bias_ih)));
+            out.push((format!("lstm.bias_hh_l0{suffix}"), ParamMut::Vector(&mut d.bias_hh)));
+        }
+        for (name, l) in [("fc", &mut self.fc), ("output_layer", &mut self.output_layer)] {
+            out.push((format!("{name}.weight"), ParamMut::Matrix(&mut l.weight)));
+            out.push((format!("{name}.bias"), ParamMut::Vector(&mut l.bias)));
+        }
+        out
+    }
+
+    pub fn num_params(&mut self) -> usize {
+        self.params_mut().iter().map(|(_, p)| p.dims().iter().product::<usize>()).sum()
+    }
+
+    /// Writes the weights as safetensors, with the shape in the header metadata.
+    pub fn save(&mut self, path: &Path) -> Result<()> {
+        let shape_json = serde_json::to_string(&self.shape)?;
+        let params: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .params_mut()
+            .into_iter()
+            .map(|(name, p)| {
+                let bytes = p.values().iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name, p.dims(), bytes)
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = params
+            .iter()
+            .map(|(name, dims, bytes)| {
+                let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims.clone(), bytes)
+                    .expect("sizes match");
+                (name.clone(), view)
+            })
+            .collect();
+        let metadata = HashMap::from([
+            ("format".to_string(), "pt".to_string()),
+            ("distill.student_shape".to_string(), shape_json),
+            ("distill.dropout".to_string(), self.dropout.to_string()),
+        ]);
+        let bytes = safetensors::serialize(views, Some(metadata))?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Loads a student saved by [`BiLstmStudent::save`].
+    pub fn load(path: &Path, dev: &Cpu) -> Result<BiLstmStudent> {
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read the checkpoint", path.display()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let shape: StudentShape = serde_json::from_str(
+            meta.get("distill.student_shape")
+                .with_context(|| format!("{}: no distill.student_shape in the metadata; not a distill student", path.display()))?,
+        )?;
+        let dropout: f32 = meta.get("distill.dropout").and_then(|d| d.parse().ok()).unwrap_or(0.0);
+        let mut student = BiLstmStudent::new(shape, dropout, dev, &mut rand::SeedableRng::seed_from_u64(0));
+        let tensors = safetensors::SafeTensors::deserialize(&bytes)?;
+        for (name, mut param) in student.params_mut() {
+            let view = tensors
+                .tensor(&name)
+                .with_context(|| format!("{}: missing tensor {name}", path.display()))?;
+            if view.dtype() != safetensors::Dtype::F32 {
+                bail!("{}: tensor {name} is {:?}; expected F32", path.display(), view.dtype());
+            }
+            if view.shape() != param.dims().as_slice() {
+                bail!("{}: tensor {name} has shape {:?}; expected {:?}", path.display(), view.shape(), param.dims());
+            }
+            let values: Vec<f32> =
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            param.set_values(&values);
+        }
+        Ok(student)
+    }
+}
+
+/// Sentence-pair features from encodings `[2·B, D]` (all `a` rows, then all `b` rows):
+/// `[a, b, |a−b|, a·b]` (`[B, 4D]`) or `a + b` (`[B, D]`).
+pub fn pair_features<T: Tape<f32, Cpu>>(encoded: Matrix<T>, examples: usize, mode: PairFeatures) -> Matrix<T> {
+    let (rows, d) = *encoded.shape();
+    assert_eq!(rows, 2 * examples, "pair encodings must hold a and b rows");
+    let (encoded, mut tape) = encoded.split_tape();
+    let e = encoded.as_vec();
+    let (a, b) = e.split_at(examples * d);
+    let width = match mode {
+        PairFeatures::Tang => 4 * d,
+        PairFeatures::Sum => d,
+    };
+    let mut out = vec![0f32; examples * width];
+    for r in 0..examples {
+        let (ar, br) = (&a[r * d..(r + 1) * d], &b[r * d..(r + 1) * d]);
+        let o = &mut out[r * width..(r + 1) * width];
+        for j in 0..d {
+            match mode {
+                PairFeatures::Tang => {
+                    o[j] = ar[j];
+                    o[d + j] = br[j];
+                    o[2 * d + j] = (ar[j] - br[j]).abs();
+                    o[3 * d + j] = ar[j] * br[j];
+                }
+                PairFeatures::Sum => o[j] = ar[j] + br[j],
+            }
+        }
+    }
+    let out = encoded.device().tensor_from_vec(out, (examples, width));
+    let (in_ghost, out_ghost) = (encoded.ghost(), out.ghost());
+    tape.add_backward_op(move |grads| {
+        let g: Vec<f32> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
+        let d_in = grads.get_or_alloc_mut(&in_ghost)?;
+        let (a, b) = e.split_at(examples * d);
+        for r in 0..examples {
+            let gr = &g[r * width..(r + 1) * width];
+            for j in 0..d {
+                let (av, bv) = (a[r * d + j], b[r * d + j]);
+                let (da, db) = match mode {
+                    PairFeatures::Tang => {
+                        let sign = if av > bv { 1.0 } else if av < bv { -1.0 } else { 0.0 };
+                        (
+                            gr[j] + sign * gr[2 * d + j] + bv * gr[3 * d + j],
+                            gr[d + j] - sign * gr[2 * d + j] + av * gr[3 * d + j],
+                        )
+                    }
+                    PairFeatures::Sum => (gr[j], gr[j]),
+                };
+                d_in[r * d + j] += da;
+                d_in[(examples + r) * d + j] += db;
+            }
+        }
+        Ok(())
+    });
+    out.put_tape(tape)
+}

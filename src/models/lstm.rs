@@ -1,0 +1,324 @@
+//! A bidirectional LSTM layer as one fused dfdx operation.
+//!
+//! dfdx has no LSTM, and one built from its primitives records a dozen tape nodes per
+//! time step. Here the whole layer is one node with a hand-written backward pass:
+//! the input projection for all time steps is one GEMM, each step does one recurrent
+//! GEMM plus one fused loop for the cell arithmetic, and the weight gradients are one
+//! GEMM each at the end. Rows are processed longest-first so that at step `t` only the
+//! prefix of rows still inside their text is computed (as PyTorch's packed sequences do);
+//! padding therefore never touches the result.
+//!
+//! Layouts follow PyTorch's `nn.LSTM`: `weight_ih [4H, E]`, `weight_hh [4H, H]`, two biases
+//! `[4H]`, gates in the order input, forget, cell, output.
+
+use dfdx::prelude::*;
+
+use super::matmul::{matmul, MatRef};
+
+pub type Matrix<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
+pub type Vector<T = NoneTape> = Tensor<(usize,), f32, Cpu, T>;
+
+/// The weights of one direction, named as in PyTorch (`weight_ih_l0`, …).
+#[derive(Clone, Debug)]
+pub struct LstmDirection {
+    pub weight_ih: Matrix,
+    pub weight_hh: Matrix,
+    pub bias_ih: Vector,
+    pub bias_hh: Vector,
+}
+
+impl LstmDirection {
+    pub fn hidden_size(&self) -> usize {
+        self.weight_hh.shape().1
+    }
+
+    pub fn input_size(&self) -> usize {
+        self.weight_ih.shape().1
+    }
+}
+
+/// Batch rows ordered longest first, and how many rows are still active at each step.
+struct Packing {
+    /// `order[r]` is the caller's row placed at packed row `r`.
+    order: Vec<usize>,
+    /// `active[t]` rows (a prefix of the packed order) have a token at step `t`.
+    active: Vec<usize>,
+}
+
+impl Packing {
+    fn new(lengths: &[usize], steps: usize) -> Packing {
+        let mut order: Vec<usize> = (0..lengths.len()).collect();
+        order.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
+        let active = (0..steps).map(|t| lengths.iter().filter(|&&l| l > t).count()).collect();
+        Packing { order, active }
+    }
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    steps: usize,
+    batch: usize,
+    input: usize,
+    hidden: usize,
+}
+
+/// What the backward pass needs from the forward pass of one direction.
+struct Trace {
+    /// Activated gates (i, f, g, o) per step and packed row: `[T, B, 4H]`.
+    gates: Vec<f32>,
+    /// Cell state after each step: `[T, B, H]`.
+    cells: Vec<f32>,
+    /// Cell and hidden state before each step: `[T, B, H]`.
+    prev_cells: Vec<f32>,
+    prev_hidden: Vec<f32>,
+}
+
+struct DirectionGrads {
+    weight_ih: Vec<f32>,
+    weight_hh: Vec<f32>,
+    bias: Vec<f32>,
+    input: Vec<f32>,
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Runs one direction over packed, time-major input `xp` (`[T·B, E]`). Returns the final
+/// hidden state per packed row (`[B, H]`) and, if asked, the trace for backward.
+fn direction_forward(
+    xp: &[f32],
+    dims: Dims,
+    w: &LstmDirection,
+    packing: &Packing,
+    reverse: bool,
+    keep_trace: bool,
+) -> (Vec<f32>, Option<Trace>) {
+    let Dims { steps, batch, input, hidden } = dims;
+    let g4 = 4 * hidden;
+    let w_ih = w.weight_ih.as_vec();
+    let w_hh = w.weight_hh.as_vec();
+    let bias: Vec<f32> =
+        w.bias_ih.as_vec().iter().zip(w.bias_hh.as_vec()).map(|(a, b)| a + b).collect();
+
+    // Input projection for every step at once.
+    let mut gates = vec![0f32; steps * batch * g4];
+    for row in gates.chunks_exact_mut(g4) {
+        row.copy_from_slice(&bias);
+    }
+    matmul(&mut gates, MatRef::new(xp, steps * batch, input), MatRef::new(&w_ih, g4, input).t(), true, 1);
+
+    let mut h = vec![0f32; batch * hidden];
+    let mut c = vec![0f32; batch * hidden];
+    let mut trace = keep_trace.then(|| Trace {
+        gates: Vec::new(),
+        cells: vec![0f32; steps * batch * hidden],
+        prev_cells: vec![0f32; steps * batch * hidden],
+        prev_hidden: vec![0f32; steps * batch * hidden],
+    });
+    for s in 0..steps {
+        let t = if reverse { steps - 1 - s } else { s };
+        let n = packing.active[t];
+        if n == 0 {
+            continue;
+        }
+        let state = t * batch * hidden..t * batch * hidden + n * hidden;
+        let g = &mut gates[t * batch * g4..t * batch * g4 + n * g4];
+        matmul(g, MatRef::new(&h[..n * hidden], n, hidden), MatRef::new(&w_hh, g4, hidden).t(), true, 1);
+        if let Some(tr) = trace.as_mut() {
+            tr.prev_hidden[state.clone()].copy_from_slice(&h[..n * hidden]);
+            tr.prev_cells[state.clone()].copy_from_slice(&c[..n * hidden]);
+        }
+        for r in 0..n {
+            let gr = &mut g[r * g4..(r + 1) * g4];
+            let (gi, rest) = gr.split_at_mut(hidden);
+            let (gf, rest) = rest.split_at_mut(hidden);
+            let (gg, go) = rest.split_at_mut(hidden);
+            let cr = &mut c[r * hidden..(r + 1) * hidden];
+            let hr = &mut h[r * hidden..(r + 1) * hidden];
+            for j in 0..hidden {
+                let i = sigmoid(gi[j]);
+                let f = sigmoid(gf[j]);
+                let gc = gg[j].tanh();
+                let o = sigmoid(go[j]);
+                let cn = f * cr[j] + i * gc;
+                cr[j] = cn;
+                hr[j] = o * cn.tanh();
+                gi[j] = i;
+                gf[j] = f;
+                gg[j] = gc;
+                go[j] = o;
+            }
+        }
+        if let Some(tr) = trace.as_mut() {
+            tr.cells[state].copy_from_slice(&c[..n * hidden]);
+        }
+    }
+    if let Some(tr) = trace.as_mut() {
+        tr.gates = gates;
+    }
+    (h, trace)
+}
+
+/// Backward through one direction, from the gradient of its final hidden state.
+fn direction_backward(
+    xp: &[f32],
+    dims: Dims,
+    w: &LstmDirection,
+    packing: &Packing,
+    reverse: bool,
+    trace: &Trace,
+    d_final: &[f32],
+) -> DirectionGrads {
+    let Dims { steps, batch, input, hidden } = dims;
+    let g4 = 4 * hidden;
+    let w_ih = w.weight_ih.as_vec();
+    let w_hh = w.weight_hh.as_vec();
+    let mut d_gates = vec![0f32; steps * batch * g4];
+    let mut dh = d_final.to_vec();
+    let mut dc = vec![0f32; batch * hidden];
+    for s in (0..steps).rev() {
+        let t = if reverse { steps - 1 - s } else { s };
+        let n = packing.active[t];
+        if n == 0 {
+            continue;
+        }
+        let base4 = t * batch * g4;
+        let base = t * batch * hidden;
+        for r in 0..n {
+            let gr = &trace.gates[base4 + r * g4..base4 + (r + 1) * g4];
+            let dg = &mut d_gates[base4 + r * g4..base4 + (r + 1) * g4];
+            let (dgi, rest) = dg.split_at_mut(hidden);
+            let (dgf, rest) = rest.split_at_mut(hidden);
+            let (dgg, dgo) = rest.split_at_mut(hidden);
+            let cells = &trace.cells[base + r * hidden..base + (r + 1) * hidden];
+            let prev = &trace.prev_cells[base + r * hidden..base + (r + 1) * hidden];
+            let dhr = &dh[r * hidden..(r + 1) * hidden];
+            let dcr = &mut dc[r * hidden..(r + 1) * hidden];
+            for j in 0..hidden {
+                let (i, f, gc, o) = (gr[j], gr[hidden + j], gr[2 * hidden + j], gr[3 * hidden + j]);
+                let tc = cells[j].tanh();
+                let dcv = dcr[j] + dhr[j] * o * (1.0 - tc * tc);
+                dgi[j] = dcv * gc * i * (1.0 - i);
+                dgf[j] = dcv * prev[j] * f * (1.0 - f);
+                dgg[j] = dcv * i * (1.0 - gc * gc);
+                dgo[j] = dhr[j] * tc * o * (1.0 - o);
+                dcr[j] = dcv * f;
+            }
+        }
+        // The previous hidden state feeds only this step's gates.
+        matmul(
+            &mut dh[..n * hidden],
+            MatRef::new(&d_gates[base4..base4 + n * g4], n, g4),
+            MatRef::new(&w_hh, g4, hidden),
+            false,
+            1,
+        );
+    }
+    let rows = steps * batch;
+    let dg_t = MatRef::new(&d_gates, rows, g4).t();
+    let mut weight_hh = vec![0f32; g4 * hidden];
+    matmul(&mut weight_hh, dg_t, MatRef::new(&trace.prev_hidden, rows, hidden), false, 1);
+    let mut weight_ih = vec![0f32; g4 * input];
+    matmul(&mut weight_ih, dg_t, MatRef::new(xp, rows, input), false, 1);
+    let mut bias = vec![0f32; g4];
+    for row in d_gates.chunks_exact(g4) {
+        for (b, d) in bias.iter_mut().zip(row) {
+            *b += d;
+        }
+    }
+    let mut d_input = vec![0f32; rows * input];
+    matmul(&mut d_input, MatRef::new(&d_gates, rows, g4), MatRef::new(&w_ih, g4, input), false, 1);
+    DirectionGrads { weight_ih, weight_hh, bias, input: d_input }
+}
+
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
+/// Bidirectional LSTM over time-major input `x` (`[T·B, E]`, row `t·B + b`), returning
+/// `[B, 2H]`: the forward direction's state after each row's last token, then the
+/// backward direction's state after its first token. `lengths[b]` (1..=T) are the true
+/// lengths; positions past them are never read.
+pub fn bilstm_final_states<T: Tape<f32, Cpu>>(
+    x: Matrix<T>,
+    lengths: &[usize],
+    forward: &LstmDirection,
+    backward: &LstmDirection,
+) -> Matrix<T> {
+    let batch = lengths.len();
+    let (rows, input) = *x.shape();
+    assert!(batch > 0 && rows % batch == 0, "input rows {rows} are not steps × batch {batch}");
+    let steps = rows / batch;
+    assert!(lengths.iter().all(|&l| (1..=steps).contains(&l)), "lengths must be in 1..={steps}");
+    assert_eq!(input, forward.input_size(), "input width differs from weight_ih");
+    let hidden = forward.hidden_size();
+    let dims = Dims { steps, batch, input, hidden };
+    let packing = Packing::new(lengths, steps);
+
+    let (x, mut tape) = x.split_tape();
+    let x_data = x.as_vec();
+    let mut xp = vec![0f32; rows * input];
+    for t in 0..steps {
+        for (r, &b) in packing.order.iter().enumerate() {
+            let src = (t * batch + b) * input;
+            xp[(t * batch + r) * input..(t * batch + r + 1) * input].copy_from_slice(&x_data[src..src + input]);
+        }
+    }
+    let keep = T::OWNS_TAPE;
+    let ((h_fwd, tr_fwd), (h_bwd, tr_bwd)) = rayon::join(
+        || direction_forward(&xp, dims, forward, &packing, false, keep),
+        || direction_forward(&xp, dims, backward, &packing, true, keep),
+    );
+    let mut out = vec![0f32; batch * 2 * hidden];
+    for (r, &b) in packing.order.iter().enumerate() {
+        out[b * 2 * hidden..b * 2 * hidden + hidden].copy_from_slice(&h_fwd[r * hidden..(r + 1) * hidden]);
+        out[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]
+            .copy_from_slice(&h_bwd[r * hidden..(r + 1) * hidden]);
+    }
+    let dev = x.device().clone();
+    let out = dev.tensor_from_vec(out, (batch, 2 * hidden));
+    if !keep {
+        return out.put_tape(tape);
+    }
+
+    let (tr_fwd, tr_bwd) = (tr_fwd.expect("trace kept"), tr_bwd.expect("trace kept"));
+    let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
+    let (fwd_w, bwd_w) = (forward.clone(), backward.clone());
+    tape.add_backward_op(move |grads| {
+        let d_out: Vec<f32> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
+        let mut d_fwd = vec![0f32; batch * hidden];
+        let mut d_bwd = vec![0f32; batch * hidden];
+        for (r, &b) in packing.order.iter().enumerate() {
+            d_fwd[r * hidden..(r + 1) * hidden].copy_from_slice(&d_out[b * 2 * hidden..b * 2 * hidden + hidden]);
+            d_bwd[r * hidden..(r + 1) * hidden]
+                .copy_from_slice(&d_out[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]);
+        }
+        let (g_fwd, g_bwd) = rayon::join(
+            || direction_backward(&xp, dims, &fwd_w, &packing, false, &tr_fwd, &d_fwd),
+            || direction_backward(&xp, dims, &bwd_w, &packing, true, &tr_bwd, &d_bwd),
+        );
+        for (w, g) in [(&fwd_w, &g_fwd), (&bwd_w, &g_bwd)] {
+            add_into(grads.get_or_alloc_mut(&w.weight_ih)?, &g.weight_ih);
+            add_into(grads.get_or_alloc_mut(&w.weight_hh)?, &g.weight_hh);
+            add_into(grads.get_or_alloc_mut(&w.bias_ih)?, &g.bias);
+            add_into(grads.get_or_alloc_mut(&w.bias_hh)?, &g.bias);
+        }
+        let d_x = grads.get_or_alloc_mut(&x_ghost)?;
+        for t in 0..steps {
+            for (r, &b) in packing.order.iter().enumerate() {
+                let dst = (t * batch + b) * input;
+                let src = (t * batch + r) * input;
+                for k in 0..input {
+                    d_x[dst + k] += g_fwd.input[src + k] + g_bwd.input[src + k];
+                }
+            }
+        }
+        Ok(())
+    });
+    out.put_tape(tape)
+}

@@ -1,0 +1,5 @@
+//! Models: the Bi-LSTM student (and its fused LSTM layer).
+
+pub mod bilstm;
+pub mod lstm;
+pub mod matmul;

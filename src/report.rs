@@ -1,0 +1,143 @@
+//! Run directories and CSV reports. Every file is written to a temporary name in the
+//! same folder and renamed into place, so a crash never leaves half a file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    file.write_all(bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    file.sync_all().ok();
+    drop(file);
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    Ok(())
+}
+
+fn csv_bytes<R: Serialize>(rows: &[R]) -> Result<Vec<u8>> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        writer.serialize(row)?;
+    }
+    Ok(writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
+}
+
+/// One line of `metrics.csv`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsRow {
+    pub stage: String,
+    pub step: usize,
+    pub epoch: usize,
+    pub split: String,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub elapsed_s: f64,
+}
+
+/// `metrics.csv` of a run, rewritten atomically after each new row.
+pub struct MetricsLog {
+    path: PathBuf,
+    rows: Vec<MetricsRow>,
+}
+
+impl MetricsLog {
+    pub fn new(path: PathBuf) -> MetricsLog {
+        MetricsLog { path, rows: Vec::new() }
+    }
+
+    pub fn push(&mut self, row: MetricsRow) -> Result<()> {
+        self.rows.push(row);
+        write_atomic(&self.path, &csv_bytes(&self.rows)?)
+    }
+
+    pub fn rows(&self) -> &[MetricsRow] {
+        &self.rows
+    }
+}
+
+/// One line of `results.csv`: a finished stage of an experiment.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResultRow {
+    pub experiment: String,
+    pub task: String,
+    pub stage: String,
+    pub params: usize,
+    pub dev_accuracy: f64,
+    pub dev_precision: f64,
+    pub dev_recall: f64,
+    pub dev_f1: f64,
+    pub best_epoch: usize,
+    pub train_time_s: f64,
+    pub train_sentences_per_s: f64,
+    pub eval_sentences_per_s: f64,
+    pub config_hash: String,
+    pub git_commit: String,
+    pub run_dir: String,
+    pub finished_at_unix: u64,
+}
+
+impl ResultRow {
+    pub fn dev(&self) -> Metrics {
+        Metrics {
+            accuracy: self.dev_accuracy,
+            precision: self.dev_precision,
+            recall: self.dev_recall,
+            f1: self.dev_f1,
+        }
+    }
+}
+
+/// Appends a row to `results.csv` (header written when the file is new), atomically.
+pub fn append_result(path: &Path, row: &ResultRow) -> Result<()> {
+    let mut bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
+    };
+    let mut writer = csv::WriterBuilder::new().has_headers(bytes.is_empty()).from_writer(Vec::new());
+    writer.serialize(row)?;
+    bytes.extend(writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?);
+    write_atomic(path, &bytes)
+}
+
+/// The commit the binary runs from (`unknown` outside a git checkout; `-dirty` with local changes).
+pub fn git_commit() -> String {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match run(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(commit) => {
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{commit}-dirty")
+            } else {
+                commit
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,190 @@
+//! Training stages and what they share: the run directory, encoded data, batching, evaluation.
+
+pub mod student;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::rngs::StdRng;
+
+use crate::config::{expand_path, Experiment, Stage};
+use crate::data::{load_split, Dataset, LoadOptions, Task};
+use crate::metrics::{argmax_rows, Metrics};
+use crate::models::bilstm::{BiLstmStudent, StudentInput, TokenBatch};
+use crate::report::{append_result, write_atomic, ResultRow};
+use crate::tokenize::TextEncoder;
+
+/// A run's folder and identity.
+pub struct RunContext {
+    pub experiment: Experiment,
+    pub config_hash: String,
+    pub run_dir: PathBuf,
+    pub results_csv: PathBuf,
+}
+
+impl RunContext {
+    /// Creates `OUT_DIR/NAME-HASH/` and saves the resolved config there.
+    pub fn create(experiment: Experiment) -> Result<RunContext> {
+        let config_hash = experiment.config_hash();
+        let out_dir = expand_path(&experiment.out_dir);
+        let run_dir = out_dir.join(format!("{}-{}", experiment.name, config_hash));
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
+        write_atomic(&run_dir.join("config.toml"), experiment.to_toml().as_bytes())?;
+        Ok(RunContext { experiment, config_hash, results_csv: out_dir.join("results.csv"), run_dir })
+    }
+}
+
+/// Runs every stage an experiment lists; returns one result row per stage.
+pub fn run_experiment(experiment: Experiment) -> Result<Vec<ResultRow>> {
+    let ctx = RunContext::create(experiment)?;
+    eprintln!("run {} → {}", ctx.experiment.name, ctx.run_dir.display());
+    let mut rows = Vec::new();
+    for stage in ctx.experiment.stages.clone() {
+        let row = match stage {
+            Stage::Student => student::train_student(&ctx)?,
+            Stage::Teacher | Stage::Distill => {
+                anyhow::bail!("stage {stage:?} is not available in this version of distill")
+            }
+        };
+        append_result(&ctx.results_csv, &row)?;
+        eprintln!(
+            "{} {:?}: dev accuracy {:.4}, F1 {:.4}; {:.0} s; results in {}",
+            row.experiment,
+            stage,
+            row.dev_accuracy,
+            row.dev_f1,
+            row.train_time_s,
+            ctx.results_csv.display()
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The train and dev splits of an experiment, loaded with its options.
+pub fn load_splits(exp: &Experiment, task: &Task) -> Result<(Dataset, Dataset)> {
+    let dir = expand_path(&exp.data.dir);
+    let load = |file: &str, limit: usize| -> Result<Dataset> {
+        let opts = LoadOptions { skip_bad_rows: exp.data.skip_bad_rows, limit };
+        let ds = load_split(task, &dir.join(file), opts)?;
+        if ds.skipped > 0 {
+            eprintln!("{}: skipped {} malformed rows", ds.path.display(), ds.skipped);
+        }
+        Ok(ds)
+    };
+    Ok((load(&exp.data.train, exp.data.train_limit)?, load(&exp.data.dev, exp.data.dev_limit)?))
+}
+
+/// A split turned into student token ids.
+#[derive(Debug, Clone)]
+pub struct EncodedSet {
+    pub a: Vec<Vec<u32>>,
+    pub b: Option<Vec<Vec<u32>>>,
+    pub labels: Vec<usize>,
+}
+
+impl EncodedSet {
+    pub fn new(ds: &Dataset, encoder: &TextEncoder, max_len: usize) -> EncodedSet {
+        let cut = |mut ids: Vec<u32>| {
+            ids.truncate(max_len);
+            ids
+        };
+        let texts_a: Vec<&str> = ds.examples.iter().map(|e| e.text_a.as_str()).collect();
+        let a = encoder.encode_all(&texts_a).into_iter().map(cut).collect();
+        let b = if ds.examples.iter().any(|e| e.text_b.is_some()) {
+            let texts_b: Vec<&str> = ds.examples.iter().map(|e| e.text_b.as_deref().unwrap_or("")).collect();
+            Some(encoder.encode_all(&texts_b).into_iter().map(cut).collect())
+        } else {
+            None
+        };
+        EncodedSet { a, b, labels: ds.examples.iter().map(|e| e.label).collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The model input for the examples at `indices`.
+    pub fn input(&self, indices: &[usize], pad_id: u32) -> StudentInput {
+        let mut seqs: Vec<&[u32]> = indices.iter().map(|&i| self.a[i].as_slice()).collect();
+        if let Some(b) = &self.b {
+            seqs.extend(indices.iter().map(|&i| b[i].as_slice()));
+        }
+        StudentInput { tokens: TokenBatch::new(&seqs, pad_id), examples: indices.len() }
+    }
+
+    fn length(&self, i: usize) -> usize {
+        self.a[i].len() + self.b.as_ref().map_or(0, |b| b[i].len())
+    }
+}
+
+/// Shuffled batches of example indices for one epoch.
+pub fn shuffled_batches(n: usize, batch_size: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(rng);
+    order.chunks(batch_size).map(|c| c.to_vec()).collect()
+}
+
+/// Dev-set evaluation result.
+pub struct Evaluation {
+    pub metrics: Metrics,
+    pub loss: f64,
+    pub sentences_per_s: f64,
+}
+
+/// Evaluates the student on `set` in length-sorted batches (less padding, same result).
+pub fn evaluate(model: &BiLstmStudent, set: &EncodedSet, pad_id: u32, batch_size: usize) -> Evaluation {
+    let classes = model.shape.num_labels;
+    let mut order: Vec<usize> = (0..set.len()).collect();
+    order.sort_by_key(|&i| set.length(i));
+    let mut logits = vec![0f32; set.len() * classes];
+    let start = Instant::now();
+    for chunk in order.chunks(batch_size) {
+        let out = model.predict_logits(&set.input(chunk, pad_id));
+        for (row, &i) in chunk.iter().enumerate() {
+            logits[i * classes..(i + 1) * classes].copy_from_slice(&out[row * classes..(row + 1) * classes]);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let loss = mean_cross_entropy(&logits, &set.labels, classes);
+    let predictions = argmax_rows(&logits, classes);
+    Evaluation {
+        metrics: Metrics::compute(&predictions, &set.labels, classes),
+        loss,
+        sentences_per_s: set.len() as f64 / elapsed.max(1e-9),
+    }
+}
+
+/// Mean softmax cross-entropy of `logits` (`rows × classes`) against gold labels.
+pub fn mean_cross_entropy(logits: &[f32], labels: &[usize], classes: usize) -> f64 {
+    let mut total = 0f64;
+    for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_sum = row.iter().map(|&v| ((v as f64) - max).exp()).sum::<f64>().ln() + max;
+        total += log_sum - row[label] as f64;
+    }
+    total / labels.len().max(1) as f64
+}
+
+/// A progress bar with rate and ETA (hidden when stderr is not a terminal).
+pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+pub fn relative_display(path: &Path) -> String {
+    path.display().to_string()
+}
