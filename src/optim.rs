@@ -31,10 +31,19 @@ impl OptimizerConfig {
     }
 }
 
-/// Per-parameter state: Adadelta (square avg, delta avg) or Adam (m, v).
+/// Per-parameter state: a master copy of the values, and Adadelta's (square avg, delta avg)
+/// or Adam's (m, v).
+struct ParamState {
+    values: Vec<f32>,
+    s1: Vec<f32>,
+    s2: Vec<f32>,
+    /// Sparse Adadelta only: the step at which each row was last updated.
+    row_step: Vec<u64>,
+}
+
 pub struct Optimizer {
     cfg: OptimizerConfig,
-    state: Vec<(Vec<f32>, Vec<f32>)>,
+    state: Vec<ParamState>,
     steps: u64,
 }
 
@@ -46,34 +55,67 @@ impl Optimizer {
     }
 
     /// Applies one update to every parameter whose `trainable` flag is set.
-    pub fn step(&mut self, params: &mut [(String, ParamMut<'_>)], trainable: &[bool], grads: &mut Gradients<f32, Cpu>) {
+    ///
+    /// `rows[i]`, if given, lists the only rows of matrix parameter `i` whose gradient can be
+    /// non-zero (the embedding rows of the batch's tokens). Adadelta then updates just those
+    /// rows and applies the skipped steps' decay lazily: with a zero gradient a step leaves
+    /// the value unchanged and multiplies both averages by rho, so the result is exactly the
+    /// dense update. Adam moves values even on a zero gradient, so it stays dense.
+    pub fn step(
+        &mut self,
+        params: &mut [(String, ParamMut<'_>)],
+        trainable: &[bool],
+        rows: &[Option<&[usize]>],
+        grads: &mut Gradients<f32, Cpu>,
+    ) {
         if self.state.is_empty() {
             self.state = params
                 .iter()
                 .map(|(_, p)| {
-                    let n = p.dims().iter().product();
-                    (vec![0f32; n], vec![0f32; n])
+                    let values = p.values();
+                    let n = values.len();
+                    ParamState { values, s1: vec![0f32; n], s2: vec![0f32; n], row_step: Vec::new() }
                 })
                 .collect();
         }
         self.steps += 1;
         let cfg = self.cfg;
-        let steps = self.steps as i32;
-        for (((_, param), (s1, s2)), &train) in params.iter_mut().zip(self.state.iter_mut()).zip(trainable) {
-            if !train {
+        let steps = self.steps;
+        for (i, ((_, param), st)) in params.iter_mut().zip(self.state.iter_mut()).enumerate() {
+            if !trainable[i] {
                 continue;
             }
             let grad = param.grad(grads);
-            let mut values = param.values();
-            values
-                .par_chunks_mut(CHUNK)
-                .zip(grad.par_chunks(CHUNK))
-                .zip(s1.par_chunks_mut(CHUNK).zip(s2.par_chunks_mut(CHUNK)))
-                .for_each(|((p, g), (a, b))| match cfg.kind {
-                    OptimizerName::Adadelta => adadelta(p, g, a, b, cfg),
-                    OptimizerName::Adam => adam(p, g, a, b, cfg, steps),
-                });
-            param.set_values(&values);
+            match (cfg.kind, rows.get(i).copied().flatten()) {
+                (OptimizerName::Adadelta, Some(rows)) => {
+                    let width = param.dims()[1];
+                    if st.row_step.is_empty() {
+                        st.row_step = vec![0; st.values.len() / width];
+                    }
+                    for &r in rows {
+                        let span = r * width..(r + 1) * width;
+                        let skipped = (steps - st.row_step[r] - 1) as i32;
+                        if skipped > 0 {
+                            let decay = cfg.rho.powi(skipped);
+                            st.s1[span.clone()].iter_mut().for_each(|v| *v *= decay);
+                            st.s2[span.clone()].iter_mut().for_each(|v| *v *= decay);
+                        }
+                        st.row_step[r] = steps;
+                        adadelta(&mut st.values[span.clone()], &grad[span.clone()], &mut st.s1[span.clone()], &mut st.s2[span], cfg);
+                    }
+                }
+                (kind, _) => {
+                    st.values
+                        .par_chunks_mut(CHUNK)
+                        .zip(grad.par_chunks(CHUNK))
+                        .zip(st.s1.par_chunks_mut(CHUNK).zip(st.s2.par_chunks_mut(CHUNK)))
+                        .for_each(|((p, g), (a, b))| match kind {
+                            OptimizerName::Adadelta => adadelta(p, g, a, b, cfg),
+                            OptimizerName::Adam => adam(p, g, a, b, cfg, steps as i32),
+                        });
+                }
+            }
+            param.set_values(&st.values);
         }
     }
 }
@@ -104,6 +146,7 @@ fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], cfg: OptimizerCo
 }
 
 /// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm before.
+/// The embedding's gradient is dense here, so clipping costs a pass over all of it.
 pub fn clip_grad_norm(params: &[(String, ParamMut<'_>)], grads: &mut Gradients<f32, Cpu>, max_norm: f32) -> f32 {
     let mut total = 0f64;
     for (_, p) in params {

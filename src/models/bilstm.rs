@@ -98,6 +98,14 @@ impl TokenBatch {
     pub fn rows(&self) -> usize {
         self.lengths.len()
     }
+
+    /// The distinct token ids in the batch (padding included), sorted.
+    pub fn distinct_ids(&self) -> Vec<usize> {
+        let mut ids = self.ids.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
 }
 
 /// Inputs of one forward pass: one text per example, or (for pairs) all `a` texts then all `b` texts.

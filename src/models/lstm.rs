@@ -13,6 +13,7 @@
 
 use dfdx::prelude::*;
 
+use super::cell;
 use super::matmul::{matmul, MatRef};
 
 pub type Matrix<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
@@ -81,11 +82,6 @@ struct DirectionGrads {
     input: Vec<f32>,
 }
 
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// Runs one direction over packed, time-major input `xp` (`[T·B, E]`). Returns the final
 /// hidden state per packed row (`[B, H]`) and, if asked, the trace for backward.
 fn direction_forward(
@@ -131,27 +127,7 @@ fn direction_forward(
             tr.prev_hidden[state.clone()].copy_from_slice(&h[..n * hidden]);
             tr.prev_cells[state.clone()].copy_from_slice(&c[..n * hidden]);
         }
-        for r in 0..n {
-            let gr = &mut g[r * g4..(r + 1) * g4];
-            let (gi, rest) = gr.split_at_mut(hidden);
-            let (gf, rest) = rest.split_at_mut(hidden);
-            let (gg, go) = rest.split_at_mut(hidden);
-            let cr = &mut c[r * hidden..(r + 1) * hidden];
-            let hr = &mut h[r * hidden..(r + 1) * hidden];
-            for j in 0..hidden {
-                let i = sigmoid(gi[j]);
-                let f = sigmoid(gf[j]);
-                let gc = gg[j].tanh();
-                let o = sigmoid(go[j]);
-                let cn = f * cr[j] + i * gc;
-                cr[j] = cn;
-                hr[j] = o * cn.tanh();
-                gi[j] = i;
-                gf[j] = f;
-                gg[j] = gc;
-                go[j] = o;
-            }
-        }
+        cell::forward(g, &mut c[..n * hidden], &mut h[..n * hidden], hidden);
         if let Some(tr) = trace.as_mut() {
             tr.cells[state].copy_from_slice(&c[..n * hidden]);
         }
@@ -187,27 +163,15 @@ fn direction_backward(
         }
         let base4 = t * batch * g4;
         let base = t * batch * hidden;
-        for r in 0..n {
-            let gr = &trace.gates[base4 + r * g4..base4 + (r + 1) * g4];
-            let dg = &mut d_gates[base4 + r * g4..base4 + (r + 1) * g4];
-            let (dgi, rest) = dg.split_at_mut(hidden);
-            let (dgf, rest) = rest.split_at_mut(hidden);
-            let (dgg, dgo) = rest.split_at_mut(hidden);
-            let cells = &trace.cells[base + r * hidden..base + (r + 1) * hidden];
-            let prev = &trace.prev_cells[base + r * hidden..base + (r + 1) * hidden];
-            let dhr = &dh[r * hidden..(r + 1) * hidden];
-            let dcr = &mut dc[r * hidden..(r + 1) * hidden];
-            for j in 0..hidden {
-                let (i, f, gc, o) = (gr[j], gr[hidden + j], gr[2 * hidden + j], gr[3 * hidden + j]);
-                let tc = cells[j].tanh();
-                let dcv = dcr[j] + dhr[j] * o * (1.0 - tc * tc);
-                dgi[j] = dcv * gc * i * (1.0 - i);
-                dgf[j] = dcv * prev[j] * f * (1.0 - f);
-                dgg[j] = dcv * i * (1.0 - gc * gc);
-                dgo[j] = dhr[j] * tc * o * (1.0 - o);
-                dcr[j] = dcv * f;
-            }
-        }
+        cell::backward(
+            &trace.gates[base4..base4 + n * g4],
+            &trace.cells[base..base + n * hidden],
+            &trace.prev_cells[base..base + n * hidden],
+            &dh[..n * hidden],
+            &mut dc[..n * hidden],
+            &mut d_gates[base4..base4 + n * g4],
+            hidden,
+        );
         // The previous hidden state feeds only this step's gates.
         matmul(
             &mut dh[..n * hidden],

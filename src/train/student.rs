@@ -98,7 +98,8 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
             if cfg.max_grad_norm > 0.0 {
                 clip_grad_norm(&params, &mut grads, cfg.max_grad_norm as f32);
             }
-            optimizer.step(&mut params, &trainable, &mut grads);
+            let rows = input.tokens.distinct_ids();
+            optimizer.step(&mut params, &trainable, &[Some(rows.as_slice())], &mut grads);
             drop(params);
             train_time += t0.elapsed().as_secs_f64();
             seen += batch.len();
