@@ -16,7 +16,8 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::lstm::{bilstm_final_states, LstmDirection, Matrix, Vector};
+use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection, Matrix, ProjectionCache, Vector};
+use std::sync::Mutex;
 use crate::config::PairFeatures;
 use crate::report::write_atomic;
 
@@ -116,7 +117,6 @@ pub struct StudentInput {
     pub examples: usize,
 }
 
-#[derive(Clone, Debug)]
 pub struct BiLstmStudent {
     pub shape: StudentShape,
     pub dropout: f32,
@@ -125,6 +125,23 @@ pub struct BiLstmStudent {
     pub lstm_backward: LstmDirection,
     pub fc: Linear,
     pub output_layer: Linear,
+    /// Inference cache of input projections; cleared whenever parameters can change.
+    projections: Mutex<Option<ProjectionCache>>,
+}
+
+impl Clone for BiLstmStudent {
+    fn clone(&self) -> Self {
+        BiLstmStudent {
+            shape: self.shape,
+            dropout: self.dropout,
+            embedder: self.embedder.clone(),
+            lstm_forward: self.lstm_forward.clone(),
+            lstm_backward: self.lstm_backward.clone(),
+            fc: self.fc.clone(),
+            output_layer: self.output_layer.clone(),
+            projections: Mutex::new(None),
+        }
+    }
 }
 
 /// A mutable view of one parameter, for optimizers and checkpoints.
@@ -185,6 +202,7 @@ impl BiLstmStudent {
             lstm_backward,
             fc: Linear::new(dev, shape.features(), shape.fc_size, rng),
             output_layer: Linear::new(dev, shape.fc_size, shape.num_labels, rng),
+            projections: Mutex::new(None),
         }
     }
 
@@ -197,9 +215,14 @@ impl BiLstmStudent {
         let x: Matrix<T> = embedder.gather(ids);
         let x = self.maybe_dropout(x, train);
         let encoded = bilstm_final_states(x, &tokens.lengths, &self.lstm_forward, &self.lstm_backward);
+        self.head(encoded, input.examples, train)
+    }
+
+    /// Encoder output `[rows, 2H]` → logits: pair features, dropout, tanh(fc), output layer.
+    fn head<T: Tape<f32, Cpu>>(&self, encoded: Matrix<T>, examples: usize, train: bool) -> Matrix<T> {
         let features = match self.shape.pair_features {
             None => encoded,
-            Some(mode) => pair_features(encoded, input.examples, mode),
+            Some(mode) => pair_features(encoded, examples, mode),
         };
         let features = self.maybe_dropout(features, train);
         let hidden = self.fc.forward(features).tanh();
@@ -211,8 +234,21 @@ impl BiLstmStudent {
         self.forward(self.embedder.leaky_trace(), input, true)
     }
 
-    /// Logits for evaluation and prediction: no dropout, no tape.
+    /// Logits for evaluation and prediction: no dropout, no tape, and the input projections
+    /// of the embedding rows cached across calls.
     pub fn predict_logits(&self, input: &StudentInput) -> Vec<f32> {
+        let tokens = &input.tokens;
+        let encoded = {
+            let mut guard = self.projections.lock().unwrap_or_else(|e| e.into_inner());
+            let cache = guard.get_or_insert_with(|| ProjectionCache::new(self.shape.vocab_size, self.shape.hidden_size));
+            bilstm_final_states_cached(&tokens.ids, &tokens.lengths, &self.embedder, &self.lstm_forward, &self.lstm_backward, cache)
+        };
+        let encoded = self.embedder.device().tensor_from_vec(encoded, (tokens.rows(), 2 * self.shape.hidden_size));
+        self.head(encoded, input.examples, false).as_vec()
+    }
+
+    /// Logits through the plain graph (the path training uses), without the cache.
+    pub fn predict_logits_uncached(&self, input: &StudentInput) -> Vec<f32> {
         self.forward(self.embedder.clone(), input, false).as_vec()
     }
 
@@ -226,6 +262,7 @@ impl BiLstmStudent {
 
     /// Parameters with their checkpoint names, embedding first.
     pub fn params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
+        *self.projections.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         let mut out = vec![("embedder.weight".to_string(), ParamMut::Matrix(&mut self.embedder))];
         for (suffix, d) in [("", &mut self.lstm_forward), ("_reverse", &mut self.lstm_backward)] {
             out.push((format!("lstm.weight_ih_l0{suffix}"), ParamMut::Matrix(&mut d.weight_ih)));

@@ -82,30 +82,33 @@ struct DirectionGrads {
     input: Vec<f32>,
 }
 
-/// Runs one direction over packed, time-major input `xp` (`[T·B, E]`). Returns the final
-/// hidden state per packed row (`[B, H]`) and, if asked, the trace for backward.
+/// `x · W_ihᵀ + b_ih + b_hh` for every row of `x` (`[rows, E]` → `[rows, 4H]`), as one GEMM.
+fn input_projection(x: &[f32], rows: usize, w: &LstmDirection) -> Vec<f32> {
+    let (g4, input) = (4 * w.hidden_size(), w.input_size());
+    let w_ih = w.weight_ih.as_vec();
+    let bias: Vec<f32> = w.bias_ih.as_vec().iter().zip(w.bias_hh.as_vec()).map(|(a, b)| a + b).collect();
+    let mut gates = vec![0f32; rows * g4];
+    for row in gates.chunks_exact_mut(g4) {
+        row.copy_from_slice(&bias);
+    }
+    matmul(&mut gates, MatRef::new(x, rows, input), MatRef::new(&w_ih, g4, input).t(), true, 1);
+    gates
+}
+
+/// Runs one direction's recurrence. `gates` holds the input projections of the packed,
+/// time-major rows (`[T·B, 4H]`) and is turned into the activated gates in place.
+/// Returns the final hidden state per packed row (`[B, H]`) and, if asked, the trace.
 fn direction_forward(
-    xp: &[f32],
+    mut gates: Vec<f32>,
     dims: Dims,
     w: &LstmDirection,
     packing: &Packing,
     reverse: bool,
     keep_trace: bool,
 ) -> (Vec<f32>, Option<Trace>) {
-    let Dims { steps, batch, input, hidden } = dims;
+    let Dims { steps, batch, hidden, .. } = dims;
     let g4 = 4 * hidden;
-    let w_ih = w.weight_ih.as_vec();
     let w_hh = w.weight_hh.as_vec();
-    let bias: Vec<f32> =
-        w.bias_ih.as_vec().iter().zip(w.bias_hh.as_vec()).map(|(a, b)| a + b).collect();
-
-    // Input projection for every step at once.
-    let mut gates = vec![0f32; steps * batch * g4];
-    for row in gates.chunks_exact_mut(g4) {
-        row.copy_from_slice(&bias);
-    }
-    matmul(&mut gates, MatRef::new(xp, steps * batch, input), MatRef::new(&w_ih, g4, input).t(), true, 1);
-
     let mut h = vec![0f32; batch * hidden];
     let mut c = vec![0f32; batch * hidden];
     let mut trace = keep_trace.then(|| Trace {
@@ -235,15 +238,10 @@ pub fn bilstm_final_states<T: Tape<f32, Cpu>>(
     }
     let keep = T::OWNS_TAPE;
     let ((h_fwd, tr_fwd), (h_bwd, tr_bwd)) = rayon::join(
-        || direction_forward(&xp, dims, forward, &packing, false, keep),
-        || direction_forward(&xp, dims, backward, &packing, true, keep),
+        || direction_forward(input_projection(&xp, rows, forward), dims, forward, &packing, false, keep),
+        || direction_forward(input_projection(&xp, rows, backward), dims, backward, &packing, true, keep),
     );
-    let mut out = vec![0f32; batch * 2 * hidden];
-    for (r, &b) in packing.order.iter().enumerate() {
-        out[b * 2 * hidden..b * 2 * hidden + hidden].copy_from_slice(&h_fwd[r * hidden..(r + 1) * hidden]);
-        out[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]
-            .copy_from_slice(&h_bwd[r * hidden..(r + 1) * hidden]);
-    }
+    let out = unpack_final_states(&packing, &h_fwd, &h_bwd, hidden);
     let dev = x.device().clone();
     let out = dev.tensor_from_vec(out, (batch, 2 * hidden));
     if !keep {
@@ -285,4 +283,97 @@ pub fn bilstm_final_states<T: Tape<f32, Cpu>>(
         Ok(())
     });
     out.put_tape(tape)
+}
+
+/// `[B, 2H]` in the caller's row order from the packed final states of both directions.
+fn unpack_final_states(packing: &Packing, h_fwd: &[f32], h_bwd: &[f32], hidden: usize) -> Vec<f32> {
+    let mut out = vec![0f32; packing.order.len() * 2 * hidden];
+    for (r, &b) in packing.order.iter().enumerate() {
+        out[b * 2 * hidden..b * 2 * hidden + hidden].copy_from_slice(&h_fwd[r * hidden..(r + 1) * hidden]);
+        out[b * 2 * hidden + hidden..(b + 1) * 2 * hidden].copy_from_slice(&h_bwd[r * hidden..(r + 1) * hidden]);
+    }
+    out
+}
+
+/// Input projections of the embedding rows, `embedding[id] · W_ihᵀ + b`, per token id and
+/// direction, computed the first time an id is seen. For inference only: with frozen
+/// weights the input GEMM of every batch becomes a row copy, which halves the work.
+pub struct ProjectionCache {
+    width: usize,
+    forward: Vec<f32>,
+    backward: Vec<f32>,
+    filled: Vec<bool>,
+}
+
+impl ProjectionCache {
+    pub fn new(vocab_size: usize, hidden: usize) -> ProjectionCache {
+        let width = 4 * hidden;
+        // Zeroed allocations are mapped lazily: rows never used cost no memory.
+        ProjectionCache {
+            width,
+            forward: vec![0f32; vocab_size * width],
+            backward: vec![0f32; vocab_size * width],
+            filled: vec![false; vocab_size],
+        }
+    }
+
+    /// Computes the rows of the ids not seen before.
+    fn fill(&mut self, ids: &[usize], embedding: &Matrix, forward: &LstmDirection, backward: &LstmDirection) {
+        let mut missing: Vec<usize> = ids.iter().copied().filter(|&i| !self.filled[i]).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if missing.is_empty() {
+            return;
+        }
+        let dim = embedding.shape().1;
+        let table = embedding.as_vec();
+        let mut x = Vec::with_capacity(missing.len() * dim);
+        for &i in &missing {
+            x.extend_from_slice(&table[i * dim..(i + 1) * dim]);
+        }
+        let (pf, pb) = rayon::join(
+            || input_projection(&x, missing.len(), forward),
+            || input_projection(&x, missing.len(), backward),
+        );
+        let w = self.width;
+        for (k, &i) in missing.iter().enumerate() {
+            self.forward[i * w..(i + 1) * w].copy_from_slice(&pf[k * w..(k + 1) * w]);
+            self.backward[i * w..(i + 1) * w].copy_from_slice(&pb[k * w..(k + 1) * w]);
+            self.filled[i] = true;
+        }
+    }
+}
+
+/// Inference-only Bi-LSTM straight from token ids (time-major, `ids[t·B + b]`), using and
+/// filling `cache`. Same result as [`bilstm_final_states`] on the gathered embeddings.
+pub fn bilstm_final_states_cached(
+    ids: &[usize],
+    lengths: &[usize],
+    embedding: &Matrix,
+    forward: &LstmDirection,
+    backward: &LstmDirection,
+    cache: &mut ProjectionCache,
+) -> Vec<f32> {
+    let batch = lengths.len();
+    let steps = ids.len() / batch;
+    let hidden = forward.hidden_size();
+    let dims = Dims { steps, batch, input: forward.input_size(), hidden };
+    let packing = Packing::new(lengths, steps);
+    cache.fill(ids, embedding, forward, backward);
+    let gather = |table: &[f32]| {
+        let w = 4 * hidden;
+        let mut gates = vec![0f32; steps * batch * w];
+        for t in 0..steps {
+            for (r, &b) in packing.order.iter().take(packing.active[t]).enumerate() {
+                let id = ids[t * batch + b];
+                gates[(t * batch + r) * w..(t * batch + r + 1) * w].copy_from_slice(&table[id * w..(id + 1) * w]);
+            }
+        }
+        gates
+    };
+    let ((h_fwd, _), (h_bwd, _)) = rayon::join(
+        || direction_forward(gather(&cache.forward), dims, forward, &packing, false, false),
+        || direction_forward(gather(&cache.backward), dims, backward, &packing, true, false),
+    );
+    unpack_final_states(&packing, &h_fwd, &h_bwd, hidden)
 }
