@@ -151,8 +151,8 @@ pub enum OptimizerName {
 pub enum PairFeatures {
     /// `[a, b, |a−b|, a·b]`, as in Tang et al. 2019.
     Tang,
-    /// `a + b`, the PaddleNLP seed's variant.
-    Sum,
+    /// `[a, b, a+b, |a−b|]`, the PaddleNLP seed's variant.
+    Seed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -90,7 +90,7 @@ fn gradients_match_finite_differences_single() {
 #[test]
 fn gradients_match_finite_differences_pairs() {
     gradient_check(Some(PairFeatures::Tang));
-    gradient_check(Some(PairFeatures::Sum));
+    gradient_check(Some(PairFeatures::Seed));
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn cached_inference_matches_the_graph() {
 
 #[test]
 fn checkpoint_round_trips() {
-    let mut model = tiny(Some(PairFeatures::Sum));
+    let mut model = tiny(Some(PairFeatures::Seed));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     model.save(&path).unwrap();

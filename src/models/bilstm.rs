@@ -37,8 +37,8 @@ impl StudentShape {
     fn features(&self) -> usize {
         let encoded = 2 * self.hidden_size;
         match self.pair_features {
-            None | Some(PairFeatures::Sum) => encoded,
-            Some(PairFeatures::Tang) => 4 * encoded,
+            None => encoded,
+            Some(_) => 4 * encoded,
         }
     }
 }
@@ -340,32 +340,28 @@ impl BiLstmStudent {
     }
 }
 
-/// Sentence-pair features from encodings `[2·B, D]` (all `a` rows, then all `b` rows):
-/// `[a, b, |a−b|, a·b]` (`[B, 4D]`) or `a + b` (`[B, D]`).
+/// Sentence-pair features `[B, 4D]` from encodings `[2·B, D]` (all `a` rows, then all `b`
+/// rows): `[a, b, |a−b|, a·b]` (Tang) or `[a, b, a+b, |a−b|]` (the seed).
 pub fn pair_features<T: Tape<f32, Cpu>>(encoded: Matrix<T>, examples: usize, mode: PairFeatures) -> Matrix<T> {
     let (rows, d) = *encoded.shape();
     assert_eq!(rows, 2 * examples, "pair encodings must hold a and b rows");
     let (encoded, mut tape) = encoded.split_tape();
     let e = encoded.as_vec();
     let (a, b) = e.split_at(examples * d);
-    let width = match mode {
-        PairFeatures::Tang => 4 * d,
-        PairFeatures::Sum => d,
-    };
+    let width = 4 * d;
     let mut out = vec![0f32; examples * width];
     for r in 0..examples {
         let (ar, br) = (&a[r * d..(r + 1) * d], &b[r * d..(r + 1) * d]);
         let o = &mut out[r * width..(r + 1) * width];
         for j in 0..d {
-            match mode {
-                PairFeatures::Tang => {
-                    o[j] = ar[j];
-                    o[d + j] = br[j];
-                    o[2 * d + j] = (ar[j] - br[j]).abs();
-                    o[3 * d + j] = ar[j] * br[j];
-                }
-                PairFeatures::Sum => o[j] = ar[j] + br[j],
-            }
+            o[j] = ar[j];
+            o[d + j] = br[j];
+            let (third, fourth) = match mode {
+                PairFeatures::Tang => ((ar[j] - br[j]).abs(), ar[j] * br[j]),
+                PairFeatures::Seed => (ar[j] + br[j], (ar[j] - br[j]).abs()),
+            };
+            o[2 * d + j] = third;
+            o[3 * d + j] = fourth;
         }
     }
     let out = encoded.device().tensor_from_vec(out, (examples, width));
@@ -378,15 +374,11 @@ pub fn pair_features<T: Tape<f32, Cpu>>(encoded: Matrix<T>, examples: usize, mod
             let gr = &g[r * width..(r + 1) * width];
             for j in 0..d {
                 let (av, bv) = (a[r * d + j], b[r * d + j]);
+                let sign = if av > bv { 1.0 } else if av < bv { -1.0 } else { 0.0 };
+                let (g3, g4) = (gr[2 * d + j], gr[3 * d + j]);
                 let (da, db) = match mode {
-                    PairFeatures::Tang => {
-                        let sign = if av > bv { 1.0 } else if av < bv { -1.0 } else { 0.0 };
-                        (
-                            gr[j] + sign * gr[2 * d + j] + bv * gr[3 * d + j],
-                            gr[d + j] - sign * gr[2 * d + j] + av * gr[3 * d + j],
-                        )
-                    }
-                    PairFeatures::Sum => (gr[j], gr[j]),
+                    PairFeatures::Tang => (gr[j] + sign * g3 + bv * g4, gr[d + j] - sign * g3 + av * g4),
+                    PairFeatures::Seed => (gr[j] + g3 + sign * g4, gr[d + j] + g3 - sign * g4),
                 };
                 d_in[r * d + j] += da;
                 d_in[(examples + r) * d + j] += db;

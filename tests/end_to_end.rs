@@ -1,0 +1,163 @@
+//! The whole student stage on small slices of the real data: run directory, resolved config,
+//! metrics.csv, results.csv, checkpoint; and the CLI's error path.
+
+use std::path::Path;
+
+use distill::config::Experiment;
+use distill::models::bilstm::BiLstmStudent;
+
+fn shared(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(rel).display().to_string()
+}
+
+#[test]
+fn chnsenticorp_slice_trains_and_reports() {
+    let out = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+name = "e2e-chn"
+task = "chnsenticorp"
+out_dir = "{out}"
+
+[data]
+dir = "{data}"
+train_limit = 1500
+dev_limit = 300
+
+[vocab]
+kind = "jieba"
+min_count = 1
+
+[student]
+embedding_dim = 32
+hidden_size = 32
+dropout = 0.1
+max_seq_len = 48
+optimizer = "adam"
+lr = 3e-3
+batch_size = 32
+epochs = 3
+"#,
+        out = out.path().display(),
+        data = shared("ChnSentiCorp")
+    );
+    let exp = Experiment::parse(&toml, "e2e.toml", &[]).unwrap();
+    let rows = distill::train::run_experiment(exp.clone()).unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert!(row.dev_accuracy > 0.65, "the student should learn something: {}", row.dev_accuracy);
+    assert!(row.train_sentences_per_s > 0.0 && row.params > 0);
+
+    let run_dir = Path::new(&row.run_dir);
+    assert!(run_dir.starts_with(out.path()));
+    let saved = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert_eq!(Experiment::parse(&saved, "saved", &[]).unwrap(), exp);
+
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
+    let mut lines = metrics.lines();
+    assert_eq!(lines.next().unwrap(), "stage,step,epoch,split,loss,accuracy,precision,recall,f1,elapsed_s");
+    assert_eq!(metrics.lines().filter(|l| l.contains(",dev,")).count(), 3, "one dev row per epoch");
+
+    let results = std::fs::read_to_string(out.path().join("results.csv")).unwrap();
+    assert_eq!(results.lines().count(), 2, "header + one row");
+    assert!(results.lines().nth(1).unwrap().starts_with("e2e-chn,chnsenticorp,student,"));
+
+    // The kept checkpoint is the best epoch's model: it reproduces the reported dev accuracy.
+    let model = BiLstmStudent::load(&run_dir.join("student/model.safetensors"), &dfdx::prelude::Cpu::default()).unwrap();
+    let vocab: Vec<String> = std::fs::read_to_string(run_dir.join("student/vocab.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(vocab.len(), model.shape.vocab_size);
+    let encoder = distill::tokenize::TextEncoder::jieba_with_vocab(distill::tokenize::Vocab::from_tokens(vocab).unwrap());
+    let task = distill::data::Task::new(exp.task, None);
+    let (_, dev) = distill::train::load_splits(&exp, &task).unwrap();
+    let set = distill::train::EncodedSet::new(&dev, &encoder, exp.student.max_seq_len);
+    let eval = distill::train::evaluate(&model, &set, 0, 64);
+    assert!((eval.metrics.accuracy - row.dev_accuracy).abs() < 1e-9);
+
+    // No temporary files are left behind.
+    let leftovers: Vec<_> = walk(out.path()).into_iter().filter(|p| p.contains(".tmp-")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn mrpc_pairs_with_wordpiece_vocab_and_glove_vectors() {
+    let out = tempfile::tempdir().unwrap();
+    // A small WordPiece vocab and GloVe file written here, so the test needs no downloaded assets.
+    let mut words: Vec<&str> = vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    let common = "the , . of to a and in said that for on is was with he it 's by at from as has be his have will ' its million year percent shares company new";
+    words.extend(common.split(' '));
+    std::fs::write(out.path().join("vocab.txt"), words.join("\n")).unwrap();
+    let glove: String = common
+        .split(' ')
+        .enumerate()
+        .map(|(i, w)| format!("{w} {} {} {} {}\n", i as f32 * 0.1, 1.0, -0.5, (i % 3) as f32))
+        .collect();
+    std::fs::write(out.path().join("glove.txt"), glove).unwrap();
+    let toml = format!(
+        r#"
+name = "e2e-mrpc"
+task = "mrpc"
+out_dir = "{out}"
+
+[data]
+dir = "{data}"
+train_limit = 300
+dev_limit = 100
+
+[vocab]
+kind = "wordpiece"
+tokenizer = "{out}/vocab.txt"
+
+[embeddings]
+path = "{out}/glove.txt"
+format = "glove"
+
+[student]
+embedding_dim = 4
+hidden_size = 8
+dropout = 0.0
+optimizer = "adadelta"
+lr = 1.0
+batch_size = 16
+epochs = 1
+"#,
+        out = out.path().display(),
+        data = shared("MRPC")
+    );
+    let exp = Experiment::parse(&toml, "e2e.toml", &[]).unwrap();
+    let row = &distill::train::run_experiment(exp).unwrap()[0];
+    assert_eq!(row.task, "mrpc");
+    assert!((0.0..=1.0).contains(&row.dev_f1) && row.dev_accuracy > 0.0);
+
+    // A dimension mismatch between vectors and student is a clear error.
+    let bad = toml.replace("embedding_dim = 4", "embedding_dim = 5");
+    let e = distill::train::run_experiment(Experiment::parse(&bad, "e2e.toml", &[]).unwrap()).unwrap_err();
+    assert!(format!("{e:#}").contains("student.embedding_dim = 5"), "{e:#}");
+}
+
+#[test]
+fn cli_validate_reports_bad_files_and_exits_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"x\"\ntask = \"imdb\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).arg("validate").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bad.toml:2") && text.contains("task") && text.contains("sst2"), "{text}");
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out
+}
