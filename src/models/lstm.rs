@@ -95,11 +95,37 @@ fn input_projection(x: &[f32], rows: usize, w: &LstmDirection) -> Vec<f32> {
     gates
 }
 
-/// Runs one direction's recurrence. `gates` holds the input projections of the packed,
-/// time-major rows (`[T·B, 4H]`) and is turned into the activated gates in place.
-/// Returns the final hidden state per packed row (`[B, H]`) and, if asked, the trace.
+/// Where a direction's input projections come from.
+enum GateInput<'a> {
+    /// All of them, `[T·B, 4H]` for the packed time-major rows; turned into the activated
+    /// gates in place (the backward pass reads them).
+    Computed(Vec<f32>),
+    /// Rows of a per-token-id table (`ids` time-major in the caller's row order), copied
+    /// step by step into one small buffer.
+    Table { table: &'a [f32], ids: &'a [usize], buffer: Vec<f32> },
+}
+
+impl GateInput<'_> {
+    /// The input projections of step `t`'s `n` active packed rows, `[n, 4H]`.
+    fn step(&mut self, t: usize, n: usize, batch: usize, g4: usize, order: &[usize]) -> &mut [f32] {
+        match self {
+            GateInput::Computed(gates) => &mut gates[t * batch * g4..t * batch * g4 + n * g4],
+            GateInput::Table { table, ids, buffer } => {
+                buffer.resize(batch * g4, 0.0);
+                for (r, &b) in order[..n].iter().enumerate() {
+                    let id = ids[t * batch + b];
+                    buffer[r * g4..(r + 1) * g4].copy_from_slice(&table[id * g4..(id + 1) * g4]);
+                }
+                &mut buffer[..n * g4]
+            }
+        }
+    }
+}
+
+/// Runs one direction's recurrence. Returns the final hidden state per packed row
+/// (`[B, H]`) and, if asked, the trace (which needs `GateInput::Computed`).
 fn direction_forward(
-    mut gates: Vec<f32>,
+    mut input: GateInput<'_>,
     dims: Dims,
     w: &LstmDirection,
     packing: &Packing,
@@ -111,6 +137,7 @@ fn direction_forward(
     let w_hh = w.weight_hh.as_vec();
     let mut h = vec![0f32; batch * hidden];
     let mut c = vec![0f32; batch * hidden];
+    assert!(!keep_trace || matches!(input, GateInput::Computed(_)), "a trace needs computed gates");
     let mut trace = keep_trace.then(|| Trace {
         gates: Vec::new(),
         cells: vec![0f32; steps * batch * hidden],
@@ -124,7 +151,7 @@ fn direction_forward(
             continue;
         }
         let state = t * batch * hidden..t * batch * hidden + n * hidden;
-        let g = &mut gates[t * batch * g4..t * batch * g4 + n * g4];
+        let g = input.step(t, n, batch, g4, &packing.order);
         matmul(g, MatRef::new(&h[..n * hidden], n, hidden), MatRef::new(&w_hh, g4, hidden).t(), true, 1);
         if let Some(tr) = trace.as_mut() {
             tr.prev_hidden[state.clone()].copy_from_slice(&h[..n * hidden]);
@@ -135,7 +162,7 @@ fn direction_forward(
             tr.cells[state].copy_from_slice(&c[..n * hidden]);
         }
     }
-    if let Some(tr) = trace.as_mut() {
+    if let (Some(tr), GateInput::Computed(gates)) = (trace.as_mut(), input) {
         tr.gates = gates;
     }
     (h, trace)
@@ -238,8 +265,8 @@ pub fn bilstm_final_states<T: Tape<f32, Cpu>>(
     }
     let keep = T::OWNS_TAPE;
     let ((h_fwd, tr_fwd), (h_bwd, tr_bwd)) = rayon::join(
-        || direction_forward(input_projection(&xp, rows, forward), dims, forward, &packing, false, keep),
-        || direction_forward(input_projection(&xp, rows, backward), dims, backward, &packing, true, keep),
+        || direction_forward(GateInput::Computed(input_projection(&xp, rows, forward)), dims, forward, &packing, false, keep),
+        || direction_forward(GateInput::Computed(input_projection(&xp, rows, backward)), dims, backward, &packing, true, keep),
     );
     let out = unpack_final_states(&packing, &h_fwd, &h_bwd, hidden);
     let dev = x.device().clone();
@@ -360,20 +387,9 @@ pub fn bilstm_final_states_cached(
     let dims = Dims { steps, batch, input: forward.input_size(), hidden };
     let packing = Packing::new(lengths, steps);
     cache.fill(ids, embedding, forward, backward);
-    let gather = |table: &[f32]| {
-        let w = 4 * hidden;
-        let mut gates = vec![0f32; steps * batch * w];
-        for t in 0..steps {
-            for (r, &b) in packing.order.iter().take(packing.active[t]).enumerate() {
-                let id = ids[t * batch + b];
-                gates[(t * batch + r) * w..(t * batch + r + 1) * w].copy_from_slice(&table[id * w..(id + 1) * w]);
-            }
-        }
-        gates
-    };
     let ((h_fwd, _), (h_bwd, _)) = rayon::join(
-        || direction_forward(gather(&cache.forward), dims, forward, &packing, false, false),
-        || direction_forward(gather(&cache.backward), dims, backward, &packing, true, false),
+        || direction_forward(GateInput::Table { table: &cache.forward, ids, buffer: Vec::new() }, dims, forward, &packing, false, false),
+        || direction_forward(GateInput::Table { table: &cache.backward, ids, buffer: Vec::new() }, dims, backward, &packing, true, false),
     );
     unpack_final_states(&packing, &h_fwd, &h_bwd, hidden)
 }
