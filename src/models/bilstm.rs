@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection, Matrix, ProjectionCache, Vector};
+use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection, Matrix, Packing, ProjectionCache, Vector};
 use std::sync::Mutex;
 use crate::config::PairFeatures;
 use crate::report::write_atomic;
@@ -73,34 +73,30 @@ fn uniform<S: Shape>(dev: &Cpu, shape: S, k: f32, rng: &mut StdRng) -> Tensor<S,
     dev.tensor_from_vec(values, shape)
 }
 
-/// A padded batch of token sequences, time-major (`ids[t·B + b]`), as the encoder reads it.
+/// A batch of token sequences in packed layout (no padding), as the encoder reads it.
 #[derive(Debug, Clone)]
 pub struct TokenBatch {
+    pub packing: Packing,
+    /// Token ids in packed order.
     pub ids: Vec<usize>,
-    pub lengths: Vec<usize>,
-    pub steps: usize,
 }
 
 impl TokenBatch {
-    /// Pads `seqs` to the longest with `pad_id`; an empty sequence becomes one `pad_id` token.
-    pub fn new(seqs: &[&[u32]], pad_id: u32) -> TokenBatch {
-        let lengths: Vec<usize> = seqs.iter().map(|s| s.len().max(1)).collect();
-        let steps = lengths.iter().copied().max().unwrap_or(1);
-        let batch = seqs.len();
-        let mut ids = vec![pad_id as usize; steps * batch];
-        for (b, seq) in seqs.iter().enumerate() {
-            for (t, &id) in seq.iter().enumerate() {
-                ids[t * batch + b] = id as usize;
-            }
-        }
-        TokenBatch { ids, lengths, steps }
+    /// Packs `seqs`; an empty sequence becomes one `[UNK]`-like `empty_id` token.
+    pub fn new(seqs: &[&[u32]], empty_id: u32) -> TokenBatch {
+        let fallback = [empty_id];
+        let seqs: Vec<&[u32]> = seqs.iter().map(|s| if s.is_empty() { &fallback[..] } else { *s }).collect();
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        let packing = Packing::new(&lengths);
+        let ids = packing.pack(&seqs).into_iter().map(|id| id as usize).collect();
+        TokenBatch { packing, ids }
     }
 
     pub fn rows(&self) -> usize {
-        self.lengths.len()
+        self.packing.batch()
     }
 
-    /// The distinct token ids in the batch (padding included), sorted.
+    /// The distinct token ids in the batch, sorted.
     pub fn distinct_ids(&self) -> Vec<usize> {
         let mut ids = self.ids.clone();
         ids.sort_unstable();
@@ -214,7 +210,7 @@ impl BiLstmStudent {
         let ids = dev.tensor_from_vec(tokens.ids.clone(), (tokens.ids.len(),));
         let x: Matrix<T> = embedder.gather(ids);
         let x = self.maybe_dropout(x, train);
-        let encoded = bilstm_final_states(x, &tokens.lengths, &self.lstm_forward, &self.lstm_backward);
+        let encoded = bilstm_final_states(x, &tokens.packing, &self.lstm_forward, &self.lstm_backward);
         self.head(encoded, input.examples, train)
     }
 
@@ -241,7 +237,7 @@ impl BiLstmStudent {
         let encoded = {
             let mut guard = self.projections.lock().unwrap_or_else(|e| e.into_inner());
             let cache = guard.get_or_insert_with(|| ProjectionCache::new(self.shape.vocab_size, self.shape.hidden_size));
-            bilstm_final_states_cached(&tokens.ids, &tokens.lengths, &self.embedder, &self.lstm_forward, &self.lstm_backward, cache)
+            bilstm_final_states_cached(&tokens.ids, &tokens.packing, &self.embedder, &self.lstm_forward, &self.lstm_backward, cache)
         };
         let encoded = self.embedder.device().tensor_from_vec(encoded, (tokens.rows(), 2 * self.shape.hidden_size));
         self.head(encoded, input.examples, false).as_vec()

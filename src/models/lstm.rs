@@ -4,9 +4,9 @@
 //! time step. Here the whole layer is one node with a hand-written backward pass:
 //! the input projection for all time steps is one GEMM, each step does one recurrent
 //! GEMM plus one fused loop for the cell arithmetic, and the weight gradients are one
-//! GEMM each at the end. Rows are processed longest-first so that at step `t` only the
-//! prefix of rows still inside their text is computed (as PyTorch's packed sequences do);
-//! padding therefore never touches the result.
+//! GEMM each at the end. Tokens are in PyTorch's packed-sequence layout: rows longest
+//! first, and at step `t` only the rows still inside their text are stored and computed,
+//! so padding is never computed and never touches the result.
 //!
 //! Layouts follow PyTorch's `nn.LSTM`: `weight_ih [4H, E]`, `weight_hh [4H, H]`, two biases
 //! `[4H]`, gates in the order input, forget, cell, output.
@@ -38,39 +38,63 @@ impl LstmDirection {
     }
 }
 
-/// Batch rows ordered longest first, and how many rows are still active at each step.
-struct Packing {
+/// A batch of sequences in PyTorch's packed layout: rows sorted longest first, and the
+/// tokens stored step by step, each step holding only the rows whose text is that long.
+/// Padding is never stored, so it can never change a result.
+#[derive(Debug, Clone)]
+pub struct Packing {
     /// `order[r]` is the caller's row placed at packed row `r`.
-    order: Vec<usize>,
+    pub order: Vec<usize>,
     /// `active[t]` rows (a prefix of the packed order) have a token at step `t`.
-    active: Vec<usize>,
+    pub active: Vec<usize>,
+    /// Step `t`'s tokens are packed rows `offsets[t] .. offsets[t] + active[t]`.
+    pub offsets: Vec<usize>,
+    /// Tokens in the batch.
+    pub total: usize,
 }
 
 impl Packing {
-    fn new(lengths: &[usize], steps: usize) -> Packing {
+    /// Packs sequences of these lengths (each at least 1).
+    pub fn new(lengths: &[usize]) -> Packing {
+        assert!(lengths.iter().all(|&l| l > 0), "every sequence needs at least one token");
         let mut order: Vec<usize> = (0..lengths.len()).collect();
         order.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]));
-        let active = (0..steps).map(|t| lengths.iter().filter(|&&l| l > t).count()).collect();
-        Packing { order, active }
+        let steps = lengths.iter().copied().max().unwrap_or(0);
+        let active: Vec<usize> = (0..steps).map(|t| lengths.iter().filter(|&&l| l > t).count()).collect();
+        let mut offsets = Vec::with_capacity(steps);
+        let mut total = 0;
+        for &n in &active {
+            offsets.push(total);
+            total += n;
+        }
+        Packing { order, active, offsets, total }
+    }
+
+    pub fn batch(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn steps(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Packs per-row sequences (`seqs[b][t]`) into the packed token order.
+    pub fn pack<X: Copy>(&self, seqs: &[&[X]]) -> Vec<X> {
+        let mut out = Vec::with_capacity(self.total);
+        for (t, &n) in self.active.iter().enumerate() {
+            out.extend(self.order[..n].iter().map(|&b| seqs[b][t]));
+        }
+        out
     }
 }
 
-/// Sizes of one call.
-#[derive(Clone, Copy)]
-struct Dims {
-    steps: usize,
-    batch: usize,
-    input: usize,
-    hidden: usize,
-}
-
-/// What the backward pass needs from the forward pass of one direction.
+/// What the backward pass needs from the forward pass of one direction, per packed token.
 struct Trace {
-    /// Activated gates (i, f, g, o) per step and packed row: `[T, B, 4H]`.
+    /// Activated gates (i, f, g, o): `[total, 4H]`.
     gates: Vec<f32>,
-    /// Cell state after each step: `[T, B, H]`.
+    /// Cell state after the token's step: `[total, H]`.
     cells: Vec<f32>,
-    /// Cell and hidden state before each step: `[T, B, H]`.
+    /// Cell and hidden state before the token's step: `[total, H]`.
     prev_cells: Vec<f32>,
     prev_hidden: Vec<f32>,
 }
@@ -97,23 +121,22 @@ fn input_projection(x: &[f32], rows: usize, w: &LstmDirection) -> Vec<f32> {
 
 /// Where a direction's input projections come from.
 enum GateInput<'a> {
-    /// All of them, `[T·B, 4H]` for the packed time-major rows; turned into the activated
-    /// gates in place (the backward pass reads them).
+    /// All of them, `[total, 4H]` in packed order; turned into the activated gates in
+    /// place (the backward pass reads them).
     Computed(Vec<f32>),
-    /// Rows of a per-token-id table (`ids` time-major in the caller's row order), copied
-    /// step by step into one small buffer.
+    /// Rows of a per-token-id table (`ids` in packed order), copied step by step into one
+    /// small buffer.
     Table { table: &'a [f32], ids: &'a [usize], buffer: Vec<f32> },
 }
 
 impl GateInput<'_> {
-    /// The input projections of step `t`'s `n` active packed rows, `[n, 4H]`.
-    fn step(&mut self, t: usize, n: usize, batch: usize, g4: usize, order: &[usize]) -> &mut [f32] {
+    /// The input projections of the `n` tokens starting at packed row `start`, `[n, 4H]`.
+    fn step(&mut self, start: usize, n: usize, g4: usize) -> &mut [f32] {
         match self {
-            GateInput::Computed(gates) => &mut gates[t * batch * g4..t * batch * g4 + n * g4],
+            GateInput::Computed(gates) => &mut gates[start * g4..(start + n) * g4],
             GateInput::Table { table, ids, buffer } => {
-                buffer.resize(batch * g4, 0.0);
-                for (r, &b) in order[..n].iter().enumerate() {
-                    let id = ids[t * batch + b];
+                buffer.resize(n.max(buffer.len() / g4) * g4, 0.0);
+                for (r, &id) in ids[start..start + n].iter().enumerate() {
                     buffer[r * g4..(r + 1) * g4].copy_from_slice(&table[id * g4..(id + 1) * g4]);
                 }
                 &mut buffer[..n * g4]
@@ -126,13 +149,13 @@ impl GateInput<'_> {
 /// (`[B, H]`) and, if asked, the trace (which needs `GateInput::Computed`).
 fn direction_forward(
     mut input: GateInput<'_>,
-    dims: Dims,
-    w: &LstmDirection,
     packing: &Packing,
+    w: &LstmDirection,
     reverse: bool,
     keep_trace: bool,
 ) -> (Vec<f32>, Option<Trace>) {
-    let Dims { steps, batch, hidden, .. } = dims;
+    let (batch, steps, total) = (packing.batch(), packing.steps(), packing.total);
+    let hidden = w.hidden_size();
     let g4 = 4 * hidden;
     let w_hh = w.weight_hh.as_vec();
     let mut h = vec![0f32; batch * hidden];
@@ -140,18 +163,15 @@ fn direction_forward(
     assert!(!keep_trace || matches!(input, GateInput::Computed(_)), "a trace needs computed gates");
     let mut trace = keep_trace.then(|| Trace {
         gates: Vec::new(),
-        cells: vec![0f32; steps * batch * hidden],
-        prev_cells: vec![0f32; steps * batch * hidden],
-        prev_hidden: vec![0f32; steps * batch * hidden],
+        cells: vec![0f32; total * hidden],
+        prev_cells: vec![0f32; total * hidden],
+        prev_hidden: vec![0f32; total * hidden],
     });
     for s in 0..steps {
         let t = if reverse { steps - 1 - s } else { s };
-        let n = packing.active[t];
-        if n == 0 {
-            continue;
-        }
-        let state = t * batch * hidden..t * batch * hidden + n * hidden;
-        let g = input.step(t, n, batch, g4, &packing.order);
+        let (start, n) = (packing.offsets[t], packing.active[t]);
+        let state = start * hidden..(start + n) * hidden;
+        let g = input.step(start, n, g4);
         matmul(g, MatRef::new(&h[..n * hidden], n, hidden), MatRef::new(&w_hh, g4, hidden).t(), true, 1);
         if let Some(tr) = trace.as_mut() {
             tr.prev_hidden[state.clone()].copy_from_slice(&h[..n * hidden]);
@@ -170,61 +190,51 @@ fn direction_forward(
 
 /// Backward through one direction, from the gradient of its final hidden state.
 fn direction_backward(
-    xp: &[f32],
-    dims: Dims,
-    w: &LstmDirection,
+    x: &[f32],
     packing: &Packing,
+    w: &LstmDirection,
     reverse: bool,
     trace: &Trace,
     d_final: &[f32],
 ) -> DirectionGrads {
-    let Dims { steps, batch, input, hidden } = dims;
+    let (batch, steps, total) = (packing.batch(), packing.steps(), packing.total);
+    let (hidden, input) = (w.hidden_size(), w.input_size());
     let g4 = 4 * hidden;
     let w_ih = w.weight_ih.as_vec();
     let w_hh = w.weight_hh.as_vec();
-    let mut d_gates = vec![0f32; steps * batch * g4];
+    let mut d_gates = vec![0f32; total * g4];
     let mut dh = d_final.to_vec();
     let mut dc = vec![0f32; batch * hidden];
     for s in (0..steps).rev() {
         let t = if reverse { steps - 1 - s } else { s };
-        let n = packing.active[t];
-        if n == 0 {
-            continue;
-        }
-        let base4 = t * batch * g4;
-        let base = t * batch * hidden;
+        let (start, n) = (packing.offsets[t], packing.active[t]);
+        let state = start * hidden..(start + n) * hidden;
+        let gates = start * g4..(start + n) * g4;
         cell::backward(
-            &trace.gates[base4..base4 + n * g4],
-            &trace.cells[base..base + n * hidden],
-            &trace.prev_cells[base..base + n * hidden],
+            &trace.gates[gates.clone()],
+            &trace.cells[state.clone()],
+            &trace.prev_cells[state],
             &dh[..n * hidden],
             &mut dc[..n * hidden],
-            &mut d_gates[base4..base4 + n * g4],
+            &mut d_gates[gates.clone()],
             hidden,
         );
         // The previous hidden state feeds only this step's gates.
-        matmul(
-            &mut dh[..n * hidden],
-            MatRef::new(&d_gates[base4..base4 + n * g4], n, g4),
-            MatRef::new(&w_hh, g4, hidden),
-            false,
-            1,
-        );
+        matmul(&mut dh[..n * hidden], MatRef::new(&d_gates[gates], n, g4), MatRef::new(&w_hh, g4, hidden), false, 1);
     }
-    let rows = steps * batch;
-    let dg_t = MatRef::new(&d_gates, rows, g4).t();
+    let dg_t = MatRef::new(&d_gates, total, g4).t();
     let mut weight_hh = vec![0f32; g4 * hidden];
-    matmul(&mut weight_hh, dg_t, MatRef::new(&trace.prev_hidden, rows, hidden), false, 1);
+    matmul(&mut weight_hh, dg_t, MatRef::new(&trace.prev_hidden, total, hidden), false, 1);
     let mut weight_ih = vec![0f32; g4 * input];
-    matmul(&mut weight_ih, dg_t, MatRef::new(xp, rows, input), false, 1);
+    matmul(&mut weight_ih, dg_t, MatRef::new(x, total, input), false, 1);
     let mut bias = vec![0f32; g4];
     for row in d_gates.chunks_exact(g4) {
         for (b, d) in bias.iter_mut().zip(row) {
             *b += d;
         }
     }
-    let mut d_input = vec![0f32; rows * input];
-    matmul(&mut d_input, MatRef::new(&d_gates, rows, g4), MatRef::new(&w_ih, g4, input), false, 1);
+    let mut d_input = vec![0f32; total * input];
+    matmul(&mut d_input, MatRef::new(&d_gates, total, g4), MatRef::new(&w_ih, g4, input), false, 1);
     DirectionGrads { weight_ih, weight_hh, bias, input: d_input }
 }
 
@@ -234,62 +244,46 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-/// Bidirectional LSTM over time-major input `x` (`[T·B, E]`, row `t·B + b`), returning
-/// `[B, 2H]`: the forward direction's state after each row's last token, then the
-/// backward direction's state after its first token. `lengths[b]` (1..=T) are the true
-/// lengths; positions past them are never read.
+/// Bidirectional LSTM over packed input `x` (`[total, E]`, rows in `packing`'s order),
+/// returning `[B, 2H]` in the caller's row order: the forward direction's state after each
+/// row's last token, then the backward direction's state after its first token.
 pub fn bilstm_final_states<T: Tape<f32, Cpu>>(
     x: Matrix<T>,
-    lengths: &[usize],
+    packing: &Packing,
     forward: &LstmDirection,
     backward: &LstmDirection,
 ) -> Matrix<T> {
-    let batch = lengths.len();
     let (rows, input) = *x.shape();
-    assert!(batch > 0 && rows % batch == 0, "input rows {rows} are not steps × batch {batch}");
-    let steps = rows / batch;
-    assert!(lengths.iter().all(|&l| (1..=steps).contains(&l)), "lengths must be in 1..={steps}");
+    assert_eq!(rows, packing.total, "input rows must be the packed tokens");
     assert_eq!(input, forward.input_size(), "input width differs from weight_ih");
-    let hidden = forward.hidden_size();
-    let dims = Dims { steps, batch, input, hidden };
-    let packing = Packing::new(lengths, steps);
-
+    let (batch, hidden) = (packing.batch(), forward.hidden_size());
     let (x, mut tape) = x.split_tape();
-    let x_data = x.as_vec();
-    let mut xp = vec![0f32; rows * input];
-    for t in 0..steps {
-        for (r, &b) in packing.order.iter().enumerate() {
-            let src = (t * batch + b) * input;
-            xp[(t * batch + r) * input..(t * batch + r + 1) * input].copy_from_slice(&x_data[src..src + input]);
-        }
-    }
+    let xs = x.as_vec();
     let keep = T::OWNS_TAPE;
     let ((h_fwd, tr_fwd), (h_bwd, tr_bwd)) = rayon::join(
-        || direction_forward(GateInput::Computed(input_projection(&xp, rows, forward)), dims, forward, &packing, false, keep),
-        || direction_forward(GateInput::Computed(input_projection(&xp, rows, backward)), dims, backward, &packing, true, keep),
+        || direction_forward(GateInput::Computed(input_projection(&xs, rows, forward)), packing, forward, false, keep),
+        || direction_forward(GateInput::Computed(input_projection(&xs, rows, backward)), packing, backward, true, keep),
     );
-    let out = unpack_final_states(&packing, &h_fwd, &h_bwd, hidden);
-    let dev = x.device().clone();
-    let out = dev.tensor_from_vec(out, (batch, 2 * hidden));
+    let out = unpack_final_states(packing, &h_fwd, &h_bwd, hidden);
+    let out = x.device().tensor_from_vec(out, (batch, 2 * hidden));
     if !keep {
         return out.put_tape(tape);
     }
 
     let (tr_fwd, tr_bwd) = (tr_fwd.expect("trace kept"), tr_bwd.expect("trace kept"));
     let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
-    let (fwd_w, bwd_w) = (forward.clone(), backward.clone());
+    let (fwd_w, bwd_w, packing) = (forward.clone(), backward.clone(), packing.clone());
     tape.add_backward_op(move |grads| {
         let d_out: Vec<f32> = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
         let mut d_fwd = vec![0f32; batch * hidden];
         let mut d_bwd = vec![0f32; batch * hidden];
         for (r, &b) in packing.order.iter().enumerate() {
             d_fwd[r * hidden..(r + 1) * hidden].copy_from_slice(&d_out[b * 2 * hidden..b * 2 * hidden + hidden]);
-            d_bwd[r * hidden..(r + 1) * hidden]
-                .copy_from_slice(&d_out[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]);
+            d_bwd[r * hidden..(r + 1) * hidden].copy_from_slice(&d_out[b * 2 * hidden + hidden..(b + 1) * 2 * hidden]);
         }
         let (g_fwd, g_bwd) = rayon::join(
-            || direction_backward(&xp, dims, &fwd_w, &packing, false, &tr_fwd, &d_fwd),
-            || direction_backward(&xp, dims, &bwd_w, &packing, true, &tr_bwd, &d_bwd),
+            || direction_backward(&xs, &packing, &fwd_w, false, &tr_fwd, &d_fwd),
+            || direction_backward(&xs, &packing, &bwd_w, true, &tr_bwd, &d_bwd),
         );
         for (w, g) in [(&fwd_w, &g_fwd), (&bwd_w, &g_bwd)] {
             add_into(grads.get_or_alloc_mut(&w.weight_ih)?, &g.weight_ih);
@@ -298,15 +292,8 @@ pub fn bilstm_final_states<T: Tape<f32, Cpu>>(
             add_into(grads.get_or_alloc_mut(&w.bias_hh)?, &g.bias);
         }
         let d_x = grads.get_or_alloc_mut(&x_ghost)?;
-        for t in 0..steps {
-            for (r, &b) in packing.order.iter().enumerate() {
-                let dst = (t * batch + b) * input;
-                let src = (t * batch + r) * input;
-                for k in 0..input {
-                    d_x[dst + k] += g_fwd.input[src + k] + g_bwd.input[src + k];
-                }
-            }
-        }
+        add_into(d_x, &g_fwd.input);
+        add_into(d_x, &g_bwd.input);
         Ok(())
     });
     out.put_tape(tape)
@@ -371,25 +358,22 @@ impl ProjectionCache {
     }
 }
 
-/// Inference-only Bi-LSTM straight from token ids (time-major, `ids[t·B + b]`), using and
-/// filling `cache`. Same result as [`bilstm_final_states`] on the gathered embeddings.
+/// Inference-only Bi-LSTM straight from packed token ids, using and filling `cache`.
+/// Same result as [`bilstm_final_states`] on the gathered embeddings.
 pub fn bilstm_final_states_cached(
     ids: &[usize],
-    lengths: &[usize],
+    packing: &Packing,
     embedding: &Matrix,
     forward: &LstmDirection,
     backward: &LstmDirection,
     cache: &mut ProjectionCache,
 ) -> Vec<f32> {
-    let batch = lengths.len();
-    let steps = ids.len() / batch;
-    let hidden = forward.hidden_size();
-    let dims = Dims { steps, batch, input: forward.input_size(), hidden };
-    let packing = Packing::new(lengths, steps);
+    assert_eq!(ids.len(), packing.total);
     cache.fill(ids, embedding, forward, backward);
+    let (fwd_table, bwd_table) = (&cache.forward, &cache.backward);
     let ((h_fwd, _), (h_bwd, _)) = rayon::join(
-        || direction_forward(GateInput::Table { table: &cache.forward, ids, buffer: Vec::new() }, dims, forward, &packing, false, false),
-        || direction_forward(GateInput::Table { table: &cache.backward, ids, buffer: Vec::new() }, dims, backward, &packing, true, false),
+        || direction_forward(GateInput::Table { table: fwd_table, ids, buffer: Vec::new() }, packing, forward, false, false),
+        || direction_forward(GateInput::Table { table: bwd_table, ids, buffer: Vec::new() }, packing, backward, true, false),
     );
-    unpack_final_states(&packing, &h_fwd, &h_bwd, hidden)
+    unpack_final_states(packing, &h_fwd, &h_bwd, forward.hidden_size())
 }

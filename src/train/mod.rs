@@ -2,7 +2,7 @@
 
 pub mod student;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -111,13 +111,13 @@ impl EncodedSet {
         self.labels.is_empty()
     }
 
-    /// The model input for the examples at `indices`.
-    pub fn input(&self, indices: &[usize], pad_id: u32) -> StudentInput {
+    /// The model input for the examples at `indices`; an empty text reads as `empty_id`.
+    pub fn input(&self, indices: &[usize], empty_id: u32) -> StudentInput {
         let mut seqs: Vec<&[u32]> = indices.iter().map(|&i| self.a[i].as_slice()).collect();
         if let Some(b) = &self.b {
             seqs.extend(indices.iter().map(|&i| b[i].as_slice()));
         }
-        StudentInput { tokens: TokenBatch::new(&seqs, pad_id), examples: indices.len() }
+        StudentInput { tokens: TokenBatch::new(&seqs, empty_id), examples: indices.len() }
     }
 
     fn length(&self, i: usize) -> usize {
@@ -139,15 +139,15 @@ pub struct Evaluation {
     pub sentences_per_s: f64,
 }
 
-/// Evaluates the student on `set` in length-sorted batches (less padding, same result).
-pub fn evaluate(model: &BiLstmStudent, set: &EncodedSet, pad_id: u32, batch_size: usize) -> Evaluation {
+/// Evaluates the student on `set` in length-sorted batches (similar lengths pack densely).
+pub fn evaluate(model: &BiLstmStudent, set: &EncodedSet, empty_id: u32, batch_size: usize) -> Evaluation {
     let classes = model.shape.num_labels;
     let mut order: Vec<usize> = (0..set.len()).collect();
     order.sort_by_key(|&i| set.length(i));
     let mut logits = vec![0f32; set.len() * classes];
     let start = Instant::now();
     for chunk in order.chunks(batch_size) {
-        let out = model.predict_logits(&set.input(chunk, pad_id));
+        let out = model.predict_logits(&set.input(chunk, empty_id));
         for (row, &i) in chunk.iter().enumerate() {
             logits[i * classes..(i + 1) * classes].copy_from_slice(&out[row * classes..(row + 1) * classes]);
         }
@@ -183,8 +183,4 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     );
     bar.set_message(what.to_string());
     bar
-}
-
-pub fn relative_display(path: &Path) -> String {
-    path.display().to_string()
 }

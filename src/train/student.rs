@@ -85,7 +85,7 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
         let mut epoch_batches = 0usize;
         for batch in shuffled_batches(train_set.len(), cfg.batch_size, &mut rng) {
             let t0 = Instant::now();
-            let input = train_set.input(&batch, vocab.pad_id);
+            let input = train_set.input(&batch, vocab.unk_id);
             let logits = model.forward_train(&input);
             let targets = one_hot(&dev_cpu, &batch.iter().map(|&i| train_set.labels[i]).collect::<Vec<_>>(), shape.num_labels);
             let loss = cross_entropy_with_logits_loss(logits, targets);
@@ -110,7 +110,7 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
             let end_of_epoch = epoch_batches == steps_per_epoch;
             if end_of_epoch || (cfg.eval_every > 0 && step % cfg.eval_every == 0) {
                 let train_loss = epoch_loss / epoch_batches as f64;
-                let eval = evaluate(&model, &dev_set, vocab.pad_id, EVAL_BATCH);
+                let eval = evaluate(&model, &dev_set, vocab.unk_id, EVAL_BATCH);
                 let elapsed = start.elapsed().as_secs_f64();
                 let row = |split: &str, loss: f64, m: crate::metrics::Metrics| MetricsRow {
                     stage: "student".into(),
@@ -145,7 +145,7 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
     bar.finish_and_clear();
     let (_, best_epoch, dev_metrics, _) = best.expect("at least one evaluation ran");
     // Inference speed of the kept model, measured once more now that training is idle.
-    let eval_speed = evaluate(&BiLstmStudent::load(&checkpoint, &dev_cpu)?, &dev_set, vocab.pad_id, EVAL_BATCH).sentences_per_s;
+    let eval_speed = evaluate(&BiLstmStudent::load(&checkpoint, &dev_cpu)?, &dev_set, vocab.unk_id, EVAL_BATCH).sentences_per_s;
     Ok(ResultRow {
         experiment: exp.name.clone(),
         task: format!("{:?}", exp.task).to_lowercase(),
