@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Skip the PyTorch reference.
     #[arg(long)]
     pub no_torch: bool,
+    /// Alternating rounds of both measurements; medians are reported (timings on a shared
+    /// 2-core machine vary by tens of percent between runs).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 /// Sentences per second of one measurement.
@@ -145,27 +149,48 @@ fn measure_torch(args: &BenchArgs) -> Result<Option<Throughput>> {
     Ok(Some(serde_json::from_str(last).with_context(|| format!("unexpected output from the script: {last}"))?))
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     println!(
-        "student: vocab {}, embedding {}, hidden {} ×2, sequence {}, train batch {}, inference batch {}, {} threads",
+        "student: vocab {}, embedding {}, hidden {} ×2, sequence {}, train batch {}, inference batch {}, {} threads, {} rounds",
         args.vocab,
         args.embedding_dim,
         args.hidden,
         args.seq_len,
         args.batch,
         args.infer_batch,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        args.rounds
     );
-    let ours = measure_student(&args);
-    let torch = if args.no_torch { None } else { measure_torch(&args)? };
-    println!("{:<28} {:>14} {:>14} {:>8}", "sentences/s", "distill", "pytorch", "ratio");
+    let mut ours = Vec::new();
+    let mut torch = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        let o = measure_student(&args);
+        let t = if args.no_torch { None } else { measure_torch(&args)? };
+        println!(
+            "round {round}: distill train {:.1}, inference {:.1}{}",
+            o.train_sentences_per_s,
+            o.infer_sentences_per_s,
+            t.map(|t| format!("; pytorch train {:.1}, inference {:.1}", t.train_sentences_per_s, t.infer_sentences_per_s))
+                .unwrap_or_default()
+        );
+        ours.push(o);
+        torch.extend(t);
+    }
+    let med = |v: &[Throughput], f: fn(&Throughput) -> f64| median(v.iter().map(f).collect());
+    let torch_med = |f: fn(&Throughput) -> f64| (!torch.is_empty()).then(|| med(&torch, f));
+    println!("{:<28} {:>14} {:>14} {:>8}", "median sentences/s", "distill", "pytorch", "ratio");
     let line = |what: &str, a: f64, b: Option<f64>| match b {
         Some(b) => println!("{what:<28} {a:>14.1} {b:>14.1} {:>7.2}x", a / b),
         None => println!("{what:<28} {a:>14.1} {:>14} {:>8}", "n/a", "-"),
     };
-    line("train (Adadelta)", ours.train_sentences_per_s, torch.map(|t| t.train_sentences_per_s));
-    line("inference", ours.infer_sentences_per_s, torch.map(|t| t.infer_sentences_per_s));
-    if torch.is_none() {
+    line("train (Adadelta)", med(&ours, |t| t.train_sentences_per_s), torch_med(|t| t.train_sentences_per_s));
+    line("inference", med(&ours, |t| t.infer_sentences_per_s), torch_med(|t| t.infer_sentences_per_s));
+    if torch.is_empty() && !args.no_torch {
         println!("PyTorch not found: pass --python PATH (a Python with torch) or set DISTILL_TORCH_PYTHON");
     }
     Ok(())

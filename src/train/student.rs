@@ -12,6 +12,7 @@ use super::{evaluate, load_splits, progress_bar, shuffled_batches, EncodedSet, R
 use crate::config::{expand_path, Experiment};
 use crate::data::Task;
 use crate::embeddings::load_pretrained;
+use crate::metrics::Metrics;
 use crate::models::bilstm::{BiLstmStudent, StudentShape};
 use crate::optim::{clip_grad_norm, Optimizer, OptimizerConfig};
 use crate::report::{git_commit, unix_now, write_atomic, MetricsLog, MetricsRow, ResultRow};
@@ -78,7 +79,7 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
     let start = Instant::now();
     let mut train_time = 0f64;
     let mut seen = 0usize;
-    let mut best: Option<(f64, usize, crate::metrics::Metrics, f64)> = None; // (acc, epoch, metrics, eval/s)
+    let mut best: Option<(usize, Metrics)> = None; // (epoch, dev metrics) of the kept checkpoint
     let mut step = 0usize;
     for epoch in 1..=cfg.epochs {
         let mut epoch_loss = 0f64;
@@ -112,7 +113,7 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
                 let train_loss = epoch_loss / epoch_batches as f64;
                 let eval = evaluate(&model, &dev_set, vocab.unk_id, EVAL_BATCH);
                 let elapsed = start.elapsed().as_secs_f64();
-                let row = |split: &str, loss: f64, m: crate::metrics::Metrics| MetricsRow {
+                let row = |split: &str, loss: f64, m: Metrics| MetricsRow {
                     stage: "student".into(),
                     step,
                     epoch,
@@ -126,7 +127,7 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
                 };
                 log.push(row("train", train_loss, Default::default()))?;
                 log.push(row("dev", eval.loss, eval.metrics))?;
-                let improved = best.as_ref().is_none_or(|b| eval.metrics.accuracy > b.0);
+                let improved = best.as_ref().is_none_or(|(_, m)| eval.metrics.accuracy > m.accuracy);
                 let line = format!(
                     "epoch {epoch} step {step}: train loss {train_loss:.4}, dev loss {:.4}, dev acc {:.4}, F1 {:.4}{}",
                     eval.loss,
@@ -137,13 +138,13 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
                 bar.suspend(|| eprintln!("{line}"));
                 if improved {
                     model.save(&checkpoint)?;
-                    best = Some((eval.metrics.accuracy, epoch, eval.metrics, eval.sentences_per_s));
+                    best = Some((epoch, eval.metrics));
                 }
             }
         }
     }
     bar.finish_and_clear();
-    let (_, best_epoch, dev_metrics, _) = best.expect("at least one evaluation ran");
+    let (best_epoch, dev_metrics) = best.expect("at least one evaluation ran");
     // Inference speed of the kept model, measured once more now that training is idle.
     let eval_speed = evaluate(&BiLstmStudent::load(&checkpoint, &dev_cpu)?, &dev_set, vocab.unk_id, EVAL_BATCH).sentences_per_s;
     Ok(ResultRow {
