@@ -14,7 +14,7 @@
 use dfdx::prelude::*;
 
 use super::cell;
-use super::matmul::{matmul, MatRef};
+use super::matmul::{matmul, MatRef, PackedRhs};
 
 pub type Matrix<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
 pub type Vector<T = NoneTape> = Tensor<(usize,), f32, Cpu, T>;
@@ -158,6 +158,7 @@ fn direction_forward(
     let hidden = w.hidden_size();
     let g4 = 4 * hidden;
     let w_hh = w.weight_hh.as_vec();
+    let w_hh_t = PackedRhs::new(MatRef::new(&w_hh, g4, hidden).t());
     let mut h = vec![0f32; batch * hidden];
     let mut c = vec![0f32; batch * hidden];
     assert!(!keep_trace || matches!(input, GateInput::Computed(_)), "a trace needs computed gates");
@@ -172,7 +173,7 @@ fn direction_forward(
         let (start, n) = (packing.offsets[t], packing.active[t]);
         let state = start * hidden..(start + n) * hidden;
         let g = input.step(start, n, g4);
-        matmul(g, MatRef::new(&h[..n * hidden], n, hidden), MatRef::new(&w_hh, g4, hidden).t(), true, 1);
+        w_hh_t.matmul_acc(g, &h[..n * hidden], n);
         if let Some(tr) = trace.as_mut() {
             tr.prev_hidden[state.clone()].copy_from_slice(&h[..n * hidden]);
             tr.prev_cells[state.clone()].copy_from_slice(&c[..n * hidden]);
@@ -201,7 +202,7 @@ fn direction_backward(
     let (hidden, input) = (w.hidden_size(), w.input_size());
     let g4 = 4 * hidden;
     let w_ih = w.weight_ih.as_vec();
-    let w_hh = w.weight_hh.as_vec();
+    let w_hh = PackedRhs::new(MatRef::new(&w.weight_hh.as_vec(), g4, hidden));
     let mut d_gates = vec![0f32; total * g4];
     let mut dh = d_final.to_vec();
     let mut dc = vec![0f32; batch * hidden];
@@ -220,7 +221,8 @@ fn direction_backward(
             hidden,
         );
         // The previous hidden state feeds only this step's gates.
-        matmul(&mut dh[..n * hidden], MatRef::new(&d_gates[gates], n, g4), MatRef::new(&w_hh, g4, hidden), false, 1);
+        dh[..n * hidden].fill(0.0);
+        w_hh.matmul_acc(&mut dh[..n * hidden], &d_gates[gates], n);
     }
     let dg_t = MatRef::new(&d_gates, total, g4).t();
     let mut weight_hh = vec![0f32; g4 * hidden];
