@@ -13,9 +13,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::layers::{uniform, Linear};
 use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection, Matrix, Packing, ProjectionCache, Vector};
 use std::sync::Mutex;
 use crate::config::PairFeatures;
@@ -41,36 +41,6 @@ impl StudentShape {
             Some(_) => 4 * encoded,
         }
     }
-}
-
-/// `y = x · weightᵀ + bias`, with PyTorch's `[out, in]` weight.
-#[derive(Clone, Debug)]
-pub struct Linear {
-    pub weight: Matrix,
-    pub bias: Vector,
-}
-
-impl Linear {
-    /// PyTorch's default init: uniform(±1/√in).
-    pub fn new(dev: &Cpu, inputs: usize, outputs: usize, rng: &mut StdRng) -> Linear {
-        let k = 1.0 / (inputs as f32).sqrt();
-        Linear {
-            weight: uniform(dev, (outputs, inputs), k, rng),
-            bias: uniform(dev, (outputs,), k, rng),
-        }
-    }
-
-    pub fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>) -> Matrix<T> {
-        let rows = x.shape().0;
-        let outputs = self.weight.shape().0;
-        let bias = self.bias.clone().broadcast_like::<_, Axis<0>>(&(rows, outputs));
-        x.matmul(self.weight.clone().permute::<_, Axes2<1, 0>>()) + bias
-    }
-}
-
-fn uniform<S: Shape>(dev: &Cpu, shape: S, k: f32, rng: &mut StdRng) -> Tensor<S, f32, Cpu> {
-    let values: Vec<f32> = (0..shape.num_elements()).map(|_| rng.gen_range(-k..=k)).collect();
-    dev.tensor_from_vec(values, shape)
 }
 
 /// A batch of token sequences in packed layout (no padding), as the encoder reads it.
