@@ -5,7 +5,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use crate::config::OptimizerName;
-use crate::models::bilstm::ParamMut;
+use crate::models::layers::ParamMut;
 
 #[derive(Debug, Clone, Copy)]
 pub struct OptimizerConfig {

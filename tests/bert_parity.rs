@@ -130,3 +130,23 @@ fn malformed_model_dirs_name_file_and_tensor() {
     let e = format!("{:#}", BertModel::load(dir.path(), &Cpu::default()).err().unwrap());
     assert!(e.contains("config.json"), "{e}");
 }
+
+#[test]
+fn parameter_names_are_the_checkpoint_names() {
+    let dir = tiny_dir(|_| {});
+    let mut model = BertModel::load(dir.path(), &Cpu::default()).unwrap();
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut in_file: Vec<String> = file.names().into_iter().map(String::from).collect();
+    in_file.sort();
+    let mut params = Vec::new();
+    model.params_mut("", &mut params);
+    let mut names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(names, in_file);
+    for (name, p) in &params {
+        let view = file.tensor(name).unwrap();
+        let want: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(p.values(), want, "{name}");
+    }
+}

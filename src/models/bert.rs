@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
 use serde::Deserialize;
 
-use super::layers::{LayerNorm, Linear};
+use super::layers::{LayerNorm, Linear, ParamMut};
 use super::lstm::{Matrix, Vector};
 
 /// The fields of an HF BERT `config.json` that fix the architecture.
@@ -344,5 +344,30 @@ impl BertModel {
     /// Last hidden state without a tape.
     pub fn last_hidden_state(&self, input: &BertInput) -> Vec<f32> {
         self.forward(self.embeddings.word_embeddings.clone(), input).as_vec()
+    }
+}
+
+impl BertModel {
+    /// Parameters with their HF names under `prefix` (`""` or `"bert."`).
+    pub fn params_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, ParamMut<'a>)>) {
+        let e = &mut self.embeddings;
+        out.push((format!("{prefix}embeddings.word_embeddings.weight"), ParamMut::Matrix(&mut e.word_embeddings)));
+        out.push((format!("{prefix}embeddings.position_embeddings.weight"), ParamMut::Matrix(&mut e.position_embeddings)));
+        out.push((format!("{prefix}embeddings.token_type_embeddings.weight"), ParamMut::Matrix(&mut e.token_type_embeddings)));
+        e.layer_norm.params_mut(&format!("{prefix}embeddings.LayerNorm"), out);
+        for (i, layer) in self.encoder_layers.iter_mut().enumerate() {
+            let p = format!("{prefix}encoder.layer.{i}");
+            layer.attention_self.query.params_mut(&format!("{p}.attention.self.query"), out);
+            layer.attention_self.key.params_mut(&format!("{p}.attention.self.key"), out);
+            layer.attention_self.value.params_mut(&format!("{p}.attention.self.value"), out);
+            layer.attention_output.dense.params_mut(&format!("{p}.attention.output.dense"), out);
+            layer.attention_output.layer_norm.params_mut(&format!("{p}.attention.output.LayerNorm"), out);
+            layer.intermediate.params_mut(&format!("{p}.intermediate.dense"), out);
+            layer.output.dense.params_mut(&format!("{p}.output.dense"), out);
+            layer.output.layer_norm.params_mut(&format!("{p}.output.LayerNorm"), out);
+        }
+        if let Some(pooler) = self.pooler.as_mut() {
+            pooler.params_mut(&format!("{prefix}pooler.dense"), out);
+        }
     }
 }

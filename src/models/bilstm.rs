@@ -15,8 +15,8 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{uniform, Linear};
-use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection, Matrix, Packing, ProjectionCache, Vector};
+use super::layers::{uniform, Linear, ParamMut};
+use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection, Matrix, Packing, ProjectionCache};
 use std::sync::Mutex;
 use crate::config::PairFeatures;
 use crate::report::write_atomic;
@@ -110,43 +110,6 @@ impl Clone for BiLstmStudent {
     }
 }
 
-/// A mutable view of one parameter, for optimizers and checkpoints.
-pub enum ParamMut<'a> {
-    Matrix(&'a mut Matrix),
-    Vector(&'a mut Vector),
-}
-
-impl ParamMut<'_> {
-    pub fn dims(&self) -> Vec<usize> {
-        match self {
-            ParamMut::Matrix(t) => vec![t.shape().0, t.shape().1],
-            ParamMut::Vector(t) => vec![t.shape().0],
-        }
-    }
-
-    pub fn values(&self) -> Vec<f32> {
-        match self {
-            ParamMut::Matrix(t) => t.as_vec(),
-            ParamMut::Vector(t) => t.as_vec(),
-        }
-    }
-
-    pub fn set_values(&mut self, values: &[f32]) {
-        match self {
-            ParamMut::Matrix(t) => t.copy_from(values),
-            ParamMut::Vector(t) => t.copy_from(values),
-        }
-    }
-
-    /// This parameter's gradient (zeros if it did not take part in the pass).
-    pub fn grad<'g>(&self, grads: &'g mut Gradients<f32, Cpu>) -> &'g mut [f32] {
-        match self {
-            ParamMut::Matrix(t) => grads.get_or_alloc_mut(&**t).expect("cpu alloc"),
-            ParamMut::Vector(t) => grads.get_or_alloc_mut(&**t).expect("cpu alloc"),
-        }
-    }
-}
-
 impl BiLstmStudent {
     pub fn new(shape: StudentShape, dropout: f32, dev: &Cpu, rng: &mut StdRng) -> BiLstmStudent {
         let (e, h) = (shape.embedding_dim, shape.hidden_size);
@@ -236,10 +199,8 @@ impl BiLstmStudent {
             out.push((format!("lstm.bias_ih_l0{suffix}"), ParamMut::Vector(&mut d.bias_ih)));
             out.push((format!("lstm.bias_hh_l0{suffix}"), ParamMut::Vector(&mut d.bias_hh)));
         }
-        for (name, l) in [("fc", &mut self.fc), ("output_layer", &mut self.output_layer)] {
-            out.push((format!("{name}.weight"), ParamMut::Matrix(&mut l.weight)));
-            out.push((format!("{name}.bias"), ParamMut::Vector(&mut l.bias)));
-        }
+        self.fc.params_mut("fc", &mut out);
+        self.output_layer.params_mut("output_layer", &mut out);
         out
     }
 

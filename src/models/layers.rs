@@ -58,3 +58,56 @@ impl LayerNorm {
             + self.bias.clone().broadcast_like::<_, Axis<0>>(&shape)
     }
 }
+
+/// A mutable view of one parameter, for optimizers and checkpoints.
+pub enum ParamMut<'a> {
+    Matrix(&'a mut Matrix),
+    Vector(&'a mut Vector),
+}
+
+impl ParamMut<'_> {
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            ParamMut::Matrix(t) => vec![t.shape().0, t.shape().1],
+            ParamMut::Vector(t) => vec![t.shape().0],
+        }
+    }
+
+    pub fn values(&self) -> Vec<f32> {
+        match self {
+            ParamMut::Matrix(t) => t.as_vec(),
+            ParamMut::Vector(t) => t.as_vec(),
+        }
+    }
+
+    pub fn set_values(&mut self, values: &[f32]) {
+        match self {
+            ParamMut::Matrix(t) => t.copy_from(values),
+            ParamMut::Vector(t) => t.copy_from(values),
+        }
+    }
+
+    /// This parameter's gradient (zeros if it did not take part in the pass).
+    pub fn grad<'g>(&self, grads: &'g mut Gradients<f32, Cpu>) -> &'g mut [f32] {
+        match self {
+            ParamMut::Matrix(t) => grads.get_or_alloc_mut(&**t).expect("cpu alloc"),
+            ParamMut::Vector(t) => grads.get_or_alloc_mut(&**t).expect("cpu alloc"),
+        }
+    }
+}
+
+impl Linear {
+    /// Appends `PREFIX.weight` and `PREFIX.bias`.
+    pub fn params_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, ParamMut<'a>)>) {
+        out.push((format!("{prefix}.weight"), ParamMut::Matrix(&mut self.weight)));
+        out.push((format!("{prefix}.bias"), ParamMut::Vector(&mut self.bias)));
+    }
+}
+
+impl LayerNorm {
+    /// Appends `PREFIX.weight` and `PREFIX.bias`.
+    pub fn params_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, ParamMut<'a>)>) {
+        out.push((format!("{prefix}.weight"), ParamMut::Vector(&mut self.weight)));
+        out.push((format!("{prefix}.bias"), ParamMut::Vector(&mut self.bias)));
+    }
+}
