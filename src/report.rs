@@ -28,7 +28,7 @@ fn csv_bytes<R: Serialize>(rows: &[R]) -> Result<Vec<u8>> {
     for row in rows {
         writer.serialize(row)?;
     }
-    Ok(writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)
+    writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// One line of `metrics.csv`.

@@ -97,7 +97,7 @@ fn tiny_dir(edit: impl Fn(&mut HashMap<String, (safetensors::Dtype, Vec<usize>, 
 
 fn load_error(edit: impl Fn(&mut HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>)) -> String {
     let dir = tiny_dir(edit);
-    format!("{:#}", BertModel::load(dir.path(), &Cpu::default()).err().expect("loading must fail"))
+    format!("{:#}", BertModel::load(dir.path(), &Cpu::default()).expect_err("loading must fail"))
 }
 
 #[test]

@@ -97,7 +97,7 @@ fn gradients_match_finite_differences_pairs() {
 fn padding_does_not_change_the_result() {
     let model = tiny(None);
     let short = vec![3u32, 5, 7];
-    let alone = model.predict_logits_uncached(&input(&[short.clone()], 1));
+    let alone = model.predict_logits_uncached(&input(std::slice::from_ref(&short), 1));
     let long = vec![1u32, 2, 4, 6, 8, 10, 11, 9];
     let padded = model.predict_logits_uncached(&input(&[long.clone(), short.clone(), long], 3));
     for j in 0..2 {

@@ -57,7 +57,7 @@ impl BertConfig {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let config: BertConfig =
             serde_json::from_str(&text).with_context(|| format!("{}: not a BERT config.json", path.display()))?;
-        if config.hidden_size % config.num_attention_heads != 0 {
+        if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             bail!(
                 "{}: hidden_size {} is not a multiple of num_attention_heads {}",
                 path.display(),
@@ -242,10 +242,7 @@ impl BertResidualOutput {
         })
     }
 
-    fn forward<T: Tape<f32, Cpu>, R: Tape<f32, Cpu>>(&self, x: Matrix<T>, residual: Matrix<R>) -> Matrix<T>
-    where
-        T: Merge<R>,
-    {
+    fn forward<T: Tape<f32, Cpu> + Merge<R>, R: Tape<f32, Cpu>>(&self, x: Matrix<T>, residual: Matrix<R>) -> Matrix<T> {
         self.layer_norm.forward(self.dense.forward(x) + residual)
     }
 }

@@ -6,6 +6,7 @@
 
 #[inline(always)]
 fn exp_fast(x: f32) -> f32 {
+    #[allow(clippy::manual_clamp)]
     let x = x.max(-87.0).min(88.0);
     // Round x·log2(e) to the nearest integer n without a libm call: adding 1.5·2^23 leaves
     // n in the low mantissa bits of `shifted`, which also gives 2^n by integer arithmetic.

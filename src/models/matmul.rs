@@ -104,7 +104,7 @@ pub struct PackedRhs {
 pub const PANEL: usize = 32;
 
 impl PackedRhs {
-    /// Packs `b`, viewed through `view` (any strides).
+    /// Packs `b` (any strides).
     pub fn new(b: MatRef) -> PackedRhs {
         let (k, n) = (b.rows, b.cols);
         let panels_n = n.div_ceil(PANEL);

@@ -109,7 +109,7 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
             epoch_batches += 1;
             bar.inc(1);
             let end_of_epoch = epoch_batches == steps_per_epoch;
-            if end_of_epoch || (cfg.eval_every > 0 && step % cfg.eval_every == 0) {
+            if end_of_epoch || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
                 let train_loss = epoch_loss / epoch_batches as f64;
                 let eval = evaluate(&model, &dev_set, vocab.unk_id, EVAL_BATCH);
                 let elapsed = start.elapsed().as_secs_f64();
