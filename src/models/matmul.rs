@@ -129,7 +129,11 @@ impl PackedRhs {
             unsafe { avx512::matmul_acc(self, out, a, m) };
             return;
         }
-        // Portable path, one panel at a time.
+        self.matmul_acc_portable(out, a, m);
+    }
+
+    /// The same product without AVX-512, one panel at a time.
+    fn matmul_acc_portable(&self, out: &mut [f32], a: &[f32], m: usize) {
         for p in 0..self.n.div_ceil(PANEL) {
             let width = PANEL.min(self.n - p * PANEL);
             let panel = &self.panels[p * self.k * PANEL..(p + 1) * self.k * PANEL];
@@ -222,10 +226,14 @@ mod packed_tests {
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.02).collect(); // n × k
             let mut want: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.001).collect();
             let mut got = want.clone();
+            let mut got_portable = want.clone();
             matmul(&mut want, MatRef::new(&a, m, k), MatRef::new(&w, n, k).t(), true, 1);
-            PackedRhs::new(MatRef::new(&w, n, k).t()).matmul_acc(&mut got, &a, m);
-            for (x, y) in want.iter().zip(&got) {
+            let packed = PackedRhs::new(MatRef::new(&w, n, k).t());
+            packed.matmul_acc(&mut got, &a, m);
+            packed.matmul_acc_portable(&mut got_portable, &a, m);
+            for ((x, y), z) in want.iter().zip(&got).zip(&got_portable) {
                 assert!((x - y).abs() < 1e-3 * (1.0 + x.abs()), "{m}×{k}×{n}: {x} vs {y}");
+                assert!((x - z).abs() < 1e-3 * (1.0 + x.abs()), "portable {m}×{k}×{n}: {x} vs {z}");
             }
         }
     }
