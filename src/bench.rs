@@ -1,5 +1,6 @@
-//! `distill bench`: Bi-LSTM student training and inference sentences/s, with
-//! `scripts/bench_student.py` measuring the same model in PyTorch in the same run.
+//! `distill bench`: training and inference sentences/s of the Bi-LSTM student and the BERT
+//! teacher, with `scripts/bench_student.py` / `scripts/bench_teacher.py` measuring the same
+//! models and shapes in PyTorch in the same run.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,12 +10,24 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::OptimizerName;
+use crate::config::{expand_path, OptimizerName};
+use crate::models::bert::{BertForSequenceClassification, BertInput};
 use crate::models::bilstm::{BiLstmStudent, StudentInput, StudentShape, TokenBatch};
+use crate::train::one_hot;
 use crate::optim::{Optimizer, OptimizerConfig};
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchModel {
+    Student,
+    Teacher,
+    All,
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
+    /// Which model to measure.
+    #[arg(long, value_enum, default_value_t = BenchModel::All)]
+    pub model: BenchModel,
     #[arg(long, default_value_t = 30522)]
     pub vocab: usize,
     #[arg(long, default_value_t = 300)]
@@ -45,6 +58,21 @@ pub struct BenchArgs {
     /// 2-core machine vary by tens of percent between runs).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// The teacher: an HF BERT model dir (a classifier head is added if it has none).
+    #[arg(long, default_value = "${DISTILL_HOME}/models/all-MiniLM-L6-v2")]
+    pub teacher_dir: String,
+    #[arg(long, default_value_t = 32)]
+    pub teacher_batch: usize,
+    #[arg(long, default_value_t = 32)]
+    pub teacher_seq_len: usize,
+    #[arg(long, default_value_t = 128)]
+    pub teacher_infer_batch: usize,
+    /// Timed fine-tuning steps (after 1 warm-up step).
+    #[arg(long, default_value_t = 8)]
+    pub teacher_steps: usize,
+    /// Timed inference batches (after 1 warm-up batch).
+    #[arg(long, default_value_t = 4)]
+    pub teacher_infer_steps: usize,
 }
 
 /// Sentences per second of one measurement.
@@ -116,30 +144,99 @@ pub fn measure_student(args: &BenchArgs) -> Throughput {
     Throughput { train_sentences_per_s: train, infer_sentences_per_s: infer }
 }
 
+/// Measures BERT fine-tuning (AdamW, all parameters) and inference on random full-length batches.
+pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
+    let dev = Cpu::seed_from_u64(0);
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut model = BertForSequenceClassification::load(&expand_path(&args.teacher_dir), 2, &dev, &mut rng)?;
+    let vocab = model.bert.config.vocab_size as u32;
+    let mut batch = |rows: usize| {
+        let seqs: Vec<(Vec<u32>, Vec<u32>)> = (0..rows)
+            .map(|_| ((0..args.teacher_seq_len).map(|_| rng.gen_range(1..vocab)).collect(), vec![0; args.teacher_seq_len]))
+            .collect();
+        let labels: Vec<usize> = (0..rows).map(|_| rng.gen_range(0..2)).collect();
+        (BertInput::new(&seqs, 0), labels)
+    };
+    let inputs: Vec<(BertInput, Vec<usize>)> = (0..2).map(|_| batch(args.teacher_batch)).collect();
+    let mut optimizer = Optimizer::adamw(2e-5, 0.01);
+    let mut train_step = |i: usize| {
+        let (input, labels) = &inputs[i % 2];
+        let logits = model.forward_train(input);
+        let loss = cross_entropy_with_logits_loss(logits, one_hot(&dev, labels, 2));
+        let mut grads = loss.backward();
+        let mut params = model.params_mut();
+        let trainable = vec![true; params.len()];
+        optimizer.step(&mut params, &trainable, &[], &mut grads);
+    };
+    train_step(0);
+    let start = Instant::now();
+    for i in 0..args.teacher_steps {
+        train_step(i);
+    }
+    let train = (args.teacher_steps * args.teacher_batch) as f64 / start.elapsed().as_secs_f64();
+    let infer_inputs: Vec<BertInput> = (0..2).map(|_| batch(args.teacher_infer_batch).0).collect();
+    model.predict_logits(&infer_inputs[0]);
+    let start = Instant::now();
+    for i in 0..args.teacher_infer_steps {
+        model.predict_logits(&infer_inputs[i % 2]);
+    }
+    let infer = (args.teacher_infer_steps * args.teacher_infer_batch) as f64 / start.elapsed().as_secs_f64();
+    Ok(Throughput { train_sentences_per_s: train, infer_sentences_per_s: infer })
+}
+
 /// Runs `scripts/bench_student.py` with the same shapes; `None` if PyTorch is not there.
-fn measure_torch(args: &BenchArgs) -> Result<Option<Throughput>> {
+fn measure_torch_student(args: &BenchArgs) -> Result<Option<Throughput>> {
+    run_torch_script(
+        args,
+        "scripts/bench_student.py",
+        &[
+            ("--vocab", args.vocab.to_string()),
+            ("--embedding-dim", args.embedding_dim.to_string()),
+            ("--hidden", args.hidden.to_string()),
+            ("--seq-len", args.seq_len.to_string()),
+            ("--batch", args.batch.to_string()),
+            ("--infer-batch", args.infer_batch.to_string()),
+            ("--steps", args.steps.to_string()),
+            ("--infer-steps", args.infer_steps.to_string()),
+        ],
+    )
+}
+
+/// Runs `scripts/bench_teacher.py` (transformers' BertForSequenceClassification on the same dir).
+fn measure_torch_teacher(args: &BenchArgs) -> Result<Option<Throughput>> {
+    run_torch_script(
+        args,
+        "scripts/bench_teacher.py",
+        &[
+            ("--model-dir", expand_path(&args.teacher_dir).display().to_string()),
+            ("--batch", args.teacher_batch.to_string()),
+            ("--seq-len", args.teacher_seq_len.to_string()),
+            ("--infer-batch", args.teacher_infer_batch.to_string()),
+            ("--steps", args.teacher_steps.to_string()),
+            ("--infer-steps", args.teacher_infer_steps.to_string()),
+        ],
+    )
+}
+
+fn run_torch_script(args: &BenchArgs, script: &str, flags: &[(&str, String)]) -> Result<Option<Throughput>> {
     let python = args
         .python
         .clone()
         .or_else(|| std::env::var_os("DISTILL_TORCH_PYTHON").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("python3"));
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_student.py");
-    let output = std::process::Command::new(&python)
-        .arg(&script)
-        .args(["--vocab", &args.vocab.to_string()])
-        .args(["--embedding-dim", &args.embedding_dim.to_string()])
-        .args(["--hidden", &args.hidden.to_string()])
-        .args(["--seq-len", &args.seq_len.to_string()])
-        .args(["--batch", &args.batch.to_string()])
-        .args(["--infer-batch", &args.infer_batch.to_string()])
-        .args(["--steps", &args.steps.to_string()])
-        .args(["--infer-steps", &args.infer_steps.to_string()])
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
+    let mut command = std::process::Command::new(&python);
+    command.arg(&script);
+    for (flag, value) in flags {
+        command.args([flag, value.as_str()]);
+    }
+    let output = command
         .args(["--threads", &rayon::current_num_threads().to_string()])
         .output()
         .with_context(|| format!("cannot run {}", python.display()))?;
     if !output.status.success() {
         let err = String::from_utf8_lossy(&output.stderr);
-        if err.contains("No module named 'torch'") {
+        if err.contains("No module named 'torch'") || err.contains("No module named 'transformers'") {
             return Ok(None);
         }
         anyhow::bail!("{} failed: {}", script.display(), err.trim());
@@ -155,22 +252,47 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    println!(
-        "student: vocab {}, embedding {}, hidden {} ×2, sequence {}, train batch {}, inference batch {}, {} threads, {} rounds",
-        args.vocab,
-        args.embedding_dim,
-        args.hidden,
-        args.seq_len,
-        args.batch,
-        args.infer_batch,
-        rayon::current_num_threads(),
-        args.rounds
-    );
+    if args.model != BenchModel::Teacher {
+        println!(
+            "student: vocab {}, embedding {}, hidden {} ×2, sequence {}, train batch {}, inference batch {}, {} threads, {} rounds",
+            args.vocab,
+            args.embedding_dim,
+            args.hidden,
+            args.seq_len,
+            args.batch,
+            args.infer_batch,
+            rayon::current_num_threads(),
+            args.rounds
+        );
+        compare(&args, "train (Adadelta)", || Ok(measure_student(&args)), || measure_torch_student(&args))?;
+    }
+    if args.model != BenchModel::Student {
+        println!(
+            "teacher: {}, sequence {}, fine-tune batch {}, inference batch {}, {} threads, {} rounds",
+            expand_path(&args.teacher_dir).display(),
+            args.teacher_seq_len,
+            args.teacher_batch,
+            args.teacher_infer_batch,
+            rayon::current_num_threads(),
+            args.rounds
+        );
+        compare(&args, "fine-tune (AdamW)", || measure_teacher(&args), || measure_torch_teacher(&args))?;
+    }
+    Ok(())
+}
+
+/// Alternating rounds of ours and PyTorch's measurement; prints each round and the medians.
+fn compare(
+    args: &BenchArgs,
+    train_label: &str,
+    ours_once: impl Fn() -> Result<Throughput>,
+    torch_once: impl Fn() -> Result<Option<Throughput>>,
+) -> Result<()> {
     let mut ours = Vec::new();
     let mut torch = Vec::new();
     for round in 1..=args.rounds.max(1) {
-        let o = measure_student(&args);
-        let t = if args.no_torch { None } else { measure_torch(&args)? };
+        let o = ours_once()?;
+        let t = if args.no_torch { None } else { torch_once()? };
         println!(
             "round {round}: distill train {:.1}, inference {:.1}{}",
             o.train_sentences_per_s,
@@ -188,10 +310,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(b) => println!("{what:<28} {a:>14.1} {b:>14.1} {:>7.2}x", a / b),
         None => println!("{what:<28} {a:>14.1} {:>14} {:>8}", "n/a", "-"),
     };
-    line("train (Adadelta)", med(&ours, |t| t.train_sentences_per_s), torch_med(|t| t.train_sentences_per_s));
+    line(train_label, med(&ours, |t| t.train_sentences_per_s), torch_med(|t| t.train_sentences_per_s));
     line("inference", med(&ours, |t| t.infer_sentences_per_s), torch_med(|t| t.infer_sentences_per_s));
     if torch.is_empty() && !args.no_torch {
-        println!("PyTorch not found: pass --python PATH (a Python with torch) or set DISTILL_TORCH_PYTHON");
+        println!("PyTorch not found: pass --python PATH (a Python with torch and transformers) or set DISTILL_TORCH_PYTHON");
     }
     Ok(())
 }

@@ -34,7 +34,12 @@ pub struct Experiment {
     pub vocab: VocabConfig,
     #[serde(default)]
     pub embeddings: EmbeddingsConfig,
-    pub student: StudentConfig,
+    /// The BERT teacher (required by the "teacher" stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<TeacherConfig>,
+    /// The Bi-LSTM student (required by the "student" stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student: Option<StudentConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -184,6 +189,36 @@ pub struct StudentConfig {
     pub train_embeddings: bool,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherConfig {
+    /// An HF BERT model dir (`config.json`, `model.safetensors`, `tokenizer.json` or `vocab.txt`)
+    /// to fine-tune: a pretrained encoder, or a fine-tuned teacher dir to continue from.
+    pub model: String,
+    /// Texts (pairs: both sides together, with [CLS]/[SEP]) are cut to this many tokens.
+    #[serde(default = "defaults::max_seq_len")]
+    pub max_seq_len: usize,
+    pub batch_size: usize,
+    /// Peak learning rate of AdamW (reached after warm-up, then decayed linearly to 0).
+    pub lr: f64,
+    pub epochs: usize,
+    /// Share of all steps spent warming the learning rate up from 0.
+    #[serde(default = "defaults::warmup_ratio")]
+    pub warmup_ratio: f64,
+    /// AdamW's decoupled weight decay (not applied to biases and LayerNorm).
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value (0 = no clipping).
+    #[serde(default = "defaults::one")]
+    pub max_grad_norm: f64,
+    /// Evaluate on dev every N steps as well as after each epoch (0 = only after each epoch).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Batch size for evaluation and teacher inference.
+    #[serde(default = "defaults::eval_batch_size")]
+    pub eval_batch_size: usize,
+}
+
 mod defaults {
     use super::*;
     pub fn seed() -> u64 {
@@ -212,6 +247,18 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn warmup_ratio() -> f64 {
+        0.1
+    }
+    pub fn weight_decay() -> f64 {
+        0.01
+    }
+    pub fn one() -> f64 {
+        1.0
+    }
+    pub fn eval_batch_size() -> usize {
+        64
     }
 }
 
@@ -309,17 +356,29 @@ impl Experiment {
             ));
         }
         if self.stages.is_empty() {
-            return Err(("stages".into(), "list at least one stage: \"student\"".into()));
+            return Err(("stages".into(), "list at least one stage: \"teacher\" or \"student\"".into()));
         }
         for stage in &self.stages {
-            if *stage != Stage::Student {
-                return Err((
-                    "stages".into(),
-                    format!(
-                        "stage {:?} is not available in this version of distill; only \"student\" runs yet",
-                        stage
-                    ),
-                ));
+            match stage {
+                Stage::Distill => {
+                    return Err((
+                        "stages".into(),
+                        "stage \"distill\" is not available in this version of distill; \"teacher\" and \"student\" run".into(),
+                    ))
+                }
+                Stage::Teacher if self.teacher.is_none() => {
+                    return Err((
+                        "teacher".into(),
+                        "the \"teacher\" stage needs a [teacher] table (model, batch_size, lr, epochs)".into(),
+                    ))
+                }
+                Stage::Student if self.student.is_none() => {
+                    return Err((
+                        "student".into(),
+                        "the \"student\" stage needs a [student] table (embedding_dim, hidden_size, dropout, optimizer, lr, batch_size, epochs)".into(),
+                    ))
+                }
+                _ => {}
             }
         }
         if self.device == DeviceName::Cuda {
@@ -363,7 +422,25 @@ impl Experiment {
                 "give both embeddings.path and embeddings.format (\"glove\", \"word2vec_text\" or \"word2vec_binary\"), or neither".into(),
             ));
         }
-        let s = &self.student;
+        if let Some(t) = &self.teacher {
+            range("teacher.max_seq_len", t.max_seq_len, 2, 4096)?;
+            range("teacher.batch_size", t.batch_size, 1, 65536)?;
+            range("teacher.eval_batch_size", t.eval_batch_size, 1, 65536)?;
+            range("teacher.epochs", t.epochs, 1, 10_000)?;
+            if !(t.lr > 0.0 && t.lr <= 1.0) {
+                return Err(("teacher.lr".into(), format!("{} is out of range; allowed 0 < lr <= 1 (BERT fine-tuning uses 1e-5 ..= 1e-4)", t.lr)));
+            }
+            if !(0.0..1.0).contains(&t.warmup_ratio) {
+                return Err(("teacher.warmup_ratio".into(), format!("{} is out of range; allowed 0 <= warmup_ratio < 1", t.warmup_ratio)));
+            }
+            if !(0.0..1.0).contains(&t.weight_decay) {
+                return Err(("teacher.weight_decay".into(), format!("{} is out of range; allowed 0 <= weight_decay < 1", t.weight_decay)));
+            }
+            if !(t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite()) {
+                return Err(("teacher.max_grad_norm".into(), "must be >= 0 (0 = no clipping)".into()));
+            }
+        }
+        let Some(s) = &self.student else { return Ok(()) };
         range("student.embedding_dim", s.embedding_dim, 1, 4096)?;
         range("student.hidden_size", s.hidden_size, 1, 4096)?;
         range("student.fc_size", s.fc_size(), 1, 4096)?;

@@ -1,4 +1,4 @@
-//! Optimizers over runtime-shaped dfdx tensors: Adadelta (dfdx has none) and Adam,
+//! Optimizers over runtime-shaped dfdx tensors: Adadelta (dfdx has none) and Adam/AdamW,
 //! with PyTorch's update rules, plus global gradient-norm clipping.
 
 use dfdx::prelude::*;
@@ -16,16 +16,19 @@ pub struct OptimizerConfig {
     pub eps: f32,
     pub beta1: f32,
     pub beta2: f32,
+    /// Decoupled weight decay (AdamW), applied to parameters not excluded by
+    /// [`Optimizer::exclude_from_decay`].
+    pub weight_decay: f32,
 }
 
 impl OptimizerConfig {
     pub fn new(kind: OptimizerName, lr: f64) -> OptimizerConfig {
         match kind {
             OptimizerName::Adadelta => {
-                OptimizerConfig { kind, lr: lr as f32, rho: 0.95, eps: 1e-6, beta1: 0.0, beta2: 0.0 }
+                OptimizerConfig { kind, lr: lr as f32, rho: 0.95, eps: 1e-6, beta1: 0.0, beta2: 0.0, weight_decay: 0.0 }
             }
             OptimizerName::Adam => {
-                OptimizerConfig { kind, lr: lr as f32, rho: 0.0, eps: 1e-8, beta1: 0.9, beta2: 0.999 }
+                OptimizerConfig { kind, lr: lr as f32, rho: 0.0, eps: 1e-8, beta1: 0.9, beta2: 0.999, weight_decay: 0.0 }
             }
         }
     }
@@ -45,13 +48,32 @@ pub struct Optimizer {
     cfg: OptimizerConfig,
     state: Vec<ParamState>,
     steps: u64,
+    no_decay: Vec<bool>,
 }
 
 const CHUNK: usize = 1 << 14;
 
 impl Optimizer {
     pub fn new(cfg: OptimizerConfig) -> Optimizer {
-        Optimizer { cfg, state: Vec::new(), steps: 0 }
+        Optimizer { cfg, state: Vec::new(), steps: 0, no_decay: Vec::new() }
+    }
+
+    /// AdamW with PyTorch's defaults (betas 0.9/0.999, eps 1e-8) and `weight_decay`.
+    pub fn adamw(lr: f64, weight_decay: f64) -> Optimizer {
+        let mut cfg = OptimizerConfig::new(OptimizerName::Adam, lr);
+        cfg.eps = 1e-8;
+        cfg.weight_decay = weight_decay as f32;
+        Optimizer::new(cfg)
+    }
+
+    /// Marks parameters that get no weight decay (BERT recipes exclude biases and LayerNorm).
+    pub fn exclude_from_decay(&mut self, no_decay: Vec<bool>) {
+        self.no_decay = no_decay;
+    }
+
+    /// Sets the learning rate for the next steps (for schedules).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr as f32;
     }
 
     /// Applies one update to every parameter whose `trainable` flag is set.
@@ -86,6 +108,11 @@ impl Optimizer {
                 continue;
             }
             let grad = param.grad(grads);
+            let decay = cfg.weight_decay > 0.0 && !self.no_decay.get(i).copied().unwrap_or(false);
+            if decay {
+                let keep = 1.0 - cfg.lr * cfg.weight_decay;
+                st.values.par_chunks_mut(CHUNK).for_each(|p| p.iter_mut().for_each(|v| *v *= keep));
+            }
             match (cfg.kind, rows.get(i).copied().flatten()) {
                 (OptimizerName::Adadelta, Some(rows)) => {
                     let width = param.dims()[1];

@@ -32,7 +32,7 @@ fn csv_bytes<R: Serialize>(rows: &[R]) -> Result<Vec<u8>> {
 }
 
 /// One line of `metrics.csv`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct MetricsRow {
     pub stage: String,
     pub step: usize,
@@ -55,6 +55,22 @@ pub struct MetricsLog {
 impl MetricsLog {
     pub fn new(path: PathBuf) -> MetricsLog {
         MetricsLog { path, rows: Vec::new() }
+    }
+
+    /// Continues an existing `metrics.csv`, keeping the rows of other stages and dropping
+    /// those of `stage` (which is about to be rerun).
+    pub fn open(path: PathBuf, stage: &str) -> Result<MetricsLog> {
+        let mut rows = Vec::new();
+        if path.is_file() {
+            let mut reader = csv::Reader::from_path(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+            for row in reader.deserialize::<MetricsRow>() {
+                let row = row.with_context(|| format!("{}: not a metrics.csv written by distill", path.display()))?;
+                if row.stage != stage {
+                    rows.push(row);
+                }
+            }
+        }
+        Ok(MetricsLog { path, rows })
     }
 
     pub fn push(&mut self, row: MetricsRow) -> Result<()> {

@@ -13,13 +13,16 @@ use rayon::prelude::*;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-use tokenizers::Tokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::config::{expand_path, VocabConfig, VocabKind};
 
 pub const PAD: &str = "[PAD]";
 pub const UNK: &str = "[UNK]";
 pub const MASK: &str = "[MASK]";
+pub const CLS: &str = "[CLS]";
+pub const SEP: &str = "[SEP]";
 
 /// The student's token ↔ id table.
 #[derive(Debug, Clone)]
@@ -97,21 +100,7 @@ impl TextEncoder {
 
     /// WordPiece from a BERT model dir (`tokenizer.json`, else `vocab.txt`) or either file.
     pub fn wordpiece(path: &Path) -> Result<TextEncoder> {
-        let file = resolve_tokenizer_file(path)?;
-        let tokenizer = if file.file_name().is_some_and(|n| n == "tokenizer.json") {
-            Tokenizer::from_file(&file)
-                .map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", file.display()))?
-        } else {
-            let model = WordPiece::from_file(&file.display().to_string())
-                .unk_token(UNK.into())
-                .build()
-                .map_err(|e| anyhow::anyhow!("{}: cannot read the WordPiece vocab: {e}", file.display()))?;
-            let mut tokenizer = Tokenizer::new(model);
-            tokenizer.with_normalizer(Some(BertNormalizer::default()));
-            tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
-            tokenizer
-        };
-        let mut tokenizer = tokenizer;
+        let (mut tokenizer, file) = load_bert_tokenizer(path)?;
         // Shipped tokenizer.json files often pad/truncate to a fixed length; the student pads per batch.
         tokenizer.with_padding(None);
         tokenizer
@@ -189,6 +178,68 @@ impl TextEncoder {
             c.unknown += ids.iter().filter(|&&i| i == unk).count();
         }
         c
+    }
+}
+
+/// A BERT tokenizer from a model dir (`tokenizer.json`, else `vocab.txt`), and the file it came from.
+fn load_bert_tokenizer(path: &Path) -> Result<(Tokenizer, PathBuf)> {
+    let file = resolve_tokenizer_file(path)?;
+    let tokenizer = if file.file_name().is_some_and(|n| n == "tokenizer.json") {
+        Tokenizer::from_file(&file).map_err(|e| anyhow::anyhow!("{}: cannot load the tokenizer: {e}", file.display()))?
+    } else {
+        let model = WordPiece::from_file(&file.display().to_string())
+            .unk_token(UNK.into())
+            .build()
+            .map_err(|e| anyhow::anyhow!("{}: cannot read the WordPiece vocab: {e}", file.display()))?;
+        let mut tokenizer = Tokenizer::new(model);
+        tokenizer.with_normalizer(Some(BertNormalizer::default()));
+        tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+        let id = |t: &str| {
+            tokenizer
+                .token_to_id(t)
+                .with_context(|| format!("{}: the vocab has no {t} token", file.display()))
+        };
+        let (cls, sep) = (id(CLS)?, id(SEP)?);
+        tokenizer.with_post_processor(Some(BertProcessing::new((SEP.into(), sep), (CLS.into(), cls))));
+        tokenizer
+    };
+    Ok((tokenizer, file))
+}
+
+/// The teacher's input: `[CLS] a [SEP] (b [SEP])` with token types, cut to `max_len`
+/// (longest side first for pairs), no padding (batches pad to their longest row).
+pub struct BertTokenizer {
+    tokenizer: Box<Tokenizer>,
+    pub pad_id: u32,
+    pub max_len: usize,
+}
+
+impl BertTokenizer {
+    pub fn load(dir: &Path, max_len: usize) -> Result<BertTokenizer> {
+        let (mut tokenizer, file) = load_bert_tokenizer(dir)?;
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let pad_id = tokenizer
+            .token_to_id(PAD)
+            .with_context(|| format!("{}: the vocab has no {PAD} token", file.display()))?;
+        Ok(BertTokenizer { tokenizer: Box::new(tokenizer), pad_id, max_len })
+    }
+
+    /// `(ids, token types)` of one text or pair.
+    pub fn encode(&self, a: &str, b: Option<&str>) -> Result<(Vec<u32>, Vec<u32>)> {
+        let encoding = match b {
+            None => self.tokenizer.encode(a, true),
+            Some(b) => self.tokenizer.encode((a, b), true),
+        }
+        .map_err(|e| anyhow::anyhow!("cannot tokenize {a:?}: {e}"))?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_type_ids().to_vec()))
+    }
+
+    /// Many texts or pairs, in parallel.
+    pub fn encode_all(&self, texts: &[(&str, Option<&str>)]) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+        texts.par_iter().map(|(a, b)| self.encode(a, *b)).collect()
     }
 }
 

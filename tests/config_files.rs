@@ -77,8 +77,8 @@ fn wrong_type_and_bad_enum_are_reported_with_the_key() {
 #[test]
 fn overrides_are_typed_and_checked() {
     let exp = parse(GOOD, &["student.lr=0.5", "student.optimizer=adam", "seed=7"]).unwrap();
-    assert_eq!(exp.student.lr, 0.5);
-    assert_eq!(exp.student.optimizer, OptimizerName::Adam);
+    assert_eq!(exp.student.as_ref().unwrap().lr, 0.5);
+    assert_eq!(exp.student.as_ref().unwrap().optimizer, OptimizerName::Adam);
     assert_eq!(exp.seed, 7);
     let e = parse(GOOD, &["student.epochs=many"]).unwrap_err();
     assert!(e.contains("student.epochs"), "{e}");
@@ -98,6 +98,19 @@ fn config_hash_changes_with_the_config() {
 
 #[test]
 fn stages_not_yet_available_are_rejected_clearly() {
-    let e = parse(&GOOD.replace("task = \"sst2\"", "task = \"sst2\"\nstages = [\"teacher\"]"), &[]).unwrap_err();
+    let e = parse(&GOOD.replace("task = \"sst2\"", "task = \"sst2\"\nstages = [\"distill\"]"), &[]).unwrap_err();
     assert!(e.contains("stages") && e.contains("not available"), "{e}");
+}
+
+#[test]
+fn a_stage_without_its_table_names_the_missing_table() {
+    let e = parse(&GOOD.replace("task = \"sst2\"", "task = \"sst2\"\nstages = [\"teacher\"]"), &[]).unwrap_err();
+    assert!(e.contains("key `teacher`") && e.contains("[teacher] table"), "{e}");
+    let teacher = "\n[teacher]\nmodel = \"m\"\nbatch_size = 16\nlr = 3e-5\nepochs = 1\n";
+    let with_teacher = GOOD.replace("task = \"sst2\"", "task = \"sst2\"\nstages = [\"teacher\", \"student\"]") + teacher;
+    let exp = parse(&with_teacher, &[]).unwrap();
+    let t = exp.teacher.as_ref().unwrap();
+    assert_eq!((t.max_seq_len, t.warmup_ratio, t.weight_decay, t.max_grad_norm), (128, 0.1, 0.01, 1.0));
+    let e = parse(&with_teacher, &["teacher.lr=3"]).unwrap_err();
+    assert!(e.contains("key `teacher.lr`") && e.contains("out of range"), "{e}");
 }

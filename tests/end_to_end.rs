@@ -73,7 +73,7 @@ epochs = 3
     let encoder = distill::tokenize::TextEncoder::jieba_with_vocab(distill::tokenize::Vocab::from_tokens(vocab).unwrap());
     let task = distill::data::Task::new(exp.task, None);
     let (_, dev) = distill::train::load_splits(&exp, &task).unwrap();
-    let set = distill::train::EncodedSet::new(&dev, &encoder, exp.student.max_seq_len);
+    let set = distill::train::EncodedSet::new(&dev, &encoder, exp.student.as_ref().unwrap().max_seq_len);
     let eval = distill::train::evaluate(&model, &set, 1, 64);
     assert!((eval.metrics.accuracy - row.dev_accuracy).abs() < 1e-9);
 

@@ -9,13 +9,16 @@
 //! Activations are kept 2-D (`[batch·seq, hidden]`) around the linear layers: dfdx's GEMM is
 //! much faster on one flat product than on a batch of small ones.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
+use rand::rngs::StdRng;
 use serde::Deserialize;
 
-use super::layers::{LayerNorm, Linear, ParamMut};
+use super::attention::{attention, AttentionShape};
+use super::layers::{gelu, safetensors_bytes, LayerNorm, Linear, ParamMut};
 use super::lstm::{Matrix, Vector};
 
 /// The fields of an HF BERT `config.json` that fix the architecture.
@@ -132,6 +135,31 @@ impl<'a> Weights<'a> {
     }
 }
 
+/// Dropout rates during fine-tuning (zero at inference).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropout {
+    /// After the embeddings, each sublayer and the pooler (`hidden_dropout_prob`).
+    pub hidden: f32,
+    /// On the attention probabilities (`attention_probs_dropout_prob`).
+    pub attention: f32,
+}
+
+impl Dropout {
+    pub const NONE: Dropout = Dropout { hidden: 0.0, attention: 0.0 };
+
+    pub fn from_config(c: &BertConfig) -> Dropout {
+        Dropout { hidden: c.hidden_dropout_prob as f32, attention: c.attention_probs_dropout_prob as f32 }
+    }
+}
+
+fn maybe_dropout<T: Tape<f32, Cpu>>(x: Matrix<T>, p: f32) -> Matrix<T> {
+    if p > 0.0 {
+        x.dropout(p)
+    } else {
+        x
+    }
+}
+
 /// A padded batch for BERT: ids, token types and true lengths, row-major `[batch, seq]`.
 #[derive(Debug, Clone)]
 pub struct BertInput {
@@ -188,7 +216,7 @@ impl BertEmbeddings {
     }
 
     /// `[batch·seq, hidden]` from `word_embeddings` (which carries the tape).
-    fn forward<T: Tape<f32, Cpu>>(&self, word_embeddings: Matrix<T>, input: &BertInput) -> Matrix<T> {
+    fn forward<T: Tape<f32, Cpu>>(&self, word_embeddings: Matrix<T>, input: &BertInput, dropout: f32) -> Matrix<T> {
         let dev = word_embeddings.device().clone();
         let n = input.ids.len();
         let positions: Vec<usize> = (0..n).map(|i| i % input.seq).collect();
@@ -196,7 +224,7 @@ impl BertEmbeddings {
         let pos: Matrix<T> = self.position_embeddings.retaped::<T>().gather(dev.tensor_from_vec(positions, (n,)));
         let types: Matrix<T> =
             self.token_type_embeddings.retaped::<T>().gather(dev.tensor_from_vec(input.token_types.clone(), (n,)));
-        self.layer_norm.forward(words + pos + types)
+        maybe_dropout(self.layer_norm.forward(words + pos + types), dropout)
     }
 }
 
@@ -211,19 +239,14 @@ pub struct BertSelfAttention {
 impl BertSelfAttention {
     /// Multi-head attention over `[batch·seq, hidden]`; `mask` is `[batch, seq]` with 0 for
     /// real keys and a large negative number for padding.
-    fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, mask: &Matrix, batch: usize, seq: usize) -> Matrix<T> {
+    fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, mask: &[f32], shape: (usize, usize), dropout: f32) -> Matrix<T> {
+        let (batch, seq) = shape;
         let hidden = x.shape().1;
-        let (heads, head_dim) = (self.num_heads, hidden / self.num_heads);
-        let split = |m: Matrix<T>| {
-            m.reshape_like(&(batch, seq, heads, head_dim)).permute::<_, Axes4<0, 2, 1, 3>>()
-        };
-        let q = split(self.query.forward(x.retaped::<T>()));
-        let k = split(self.key.forward(x.retaped::<T>()));
-        let v = split(self.value.forward(x));
-        let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * (1.0 / (head_dim as f32).sqrt());
-        let scores = scores + mask.clone().broadcast_like::<_, Axes2<1, 2>>(&(batch, heads, seq, seq));
-        let context = scores.softmax::<Axis<3>>().matmul(v);
-        context.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(batch * seq, hidden))
+        let q = self.query.forward(x.retaped::<T>());
+        let k = self.key.forward(x.retaped::<T>());
+        let v = self.value.forward(x);
+        let shape = AttentionShape { batch, seq, heads: self.num_heads, head_dim: hidden / self.num_heads };
+        attention(q, k, v, mask, shape, dropout)
     }
 }
 
@@ -242,8 +265,13 @@ impl BertResidualOutput {
         })
     }
 
-    fn forward<T: Tape<f32, Cpu> + Merge<R>, R: Tape<f32, Cpu>>(&self, x: Matrix<T>, residual: Matrix<R>) -> Matrix<T> {
-        self.layer_norm.forward(self.dense.forward(x) + residual)
+    fn forward<T: Tape<f32, Cpu> + Merge<R>, R: Tape<f32, Cpu>>(
+        &self,
+        x: Matrix<T>,
+        residual: Matrix<R>,
+        dropout: f32,
+    ) -> Matrix<T> {
+        self.layer_norm.forward(maybe_dropout(self.dense.forward(x), dropout) + residual)
     }
 }
 
@@ -275,11 +303,11 @@ impl BertLayer {
         })
     }
 
-    fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, mask: &Matrix, batch: usize, seq: usize) -> Matrix<T> {
-        let attended = self.attention_self.forward(x.retaped::<T>(), mask, batch, seq);
-        let x = self.attention_output.forward(attended, x);
-        let inner = self.intermediate.forward(x.retaped::<T>()).accurate_gelu();
-        self.output.forward(inner, x)
+    fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, mask: &[f32], shape: (usize, usize), dropout: Dropout) -> Matrix<T> {
+        let attended = self.attention_self.forward(x.retaped::<T>(), mask, shape, dropout.attention);
+        let x = self.attention_output.forward(attended, x, dropout.hidden);
+        let inner = gelu(self.intermediate.forward(x.retaped::<T>()));
+        self.output.forward(inner, x, dropout.hidden)
     }
 }
 
@@ -320,27 +348,36 @@ impl BertModel {
     }
 
     /// The additive attention mask `[batch, seq]`: 0 on real tokens, -1e9 on padding.
-    fn mask(&self, input: &BertInput) -> Matrix {
+    fn mask(&self, input: &BertInput) -> Vec<f32> {
         let mut m = vec![0f32; input.batch() * input.seq];
         for (b, &len) in input.lengths.iter().enumerate() {
             m[b * input.seq + len..(b + 1) * input.seq].fill(-1e9);
         }
-        self.embeddings.word_embeddings.device().tensor_from_vec(m, (input.batch(), input.seq))
+        m
     }
 
     /// Last hidden state `[batch·seq, hidden]`; the tape starts at `word_embeddings`.
-    pub fn forward<T: Tape<f32, Cpu>>(&self, word_embeddings: Matrix<T>, input: &BertInput) -> Matrix<T> {
+    pub fn forward<T: Tape<f32, Cpu>>(&self, word_embeddings: Matrix<T>, input: &BertInput, dropout: Dropout) -> Matrix<T> {
         let mask = self.mask(input);
-        let mut x = self.embeddings.forward(word_embeddings, input);
+        let mut x = self.embeddings.forward(word_embeddings, input, dropout.hidden);
         for layer in &self.encoder_layers {
-            x = layer.forward(x, &mask, input.batch(), input.seq);
+            x = layer.forward(x, &mask, (input.batch(), input.seq), dropout);
         }
         x
     }
 
     /// Last hidden state without a tape.
     pub fn last_hidden_state(&self, input: &BertInput) -> Vec<f32> {
-        self.forward(self.embeddings.word_embeddings.clone(), input).as_vec()
+        self.forward(self.embeddings.word_embeddings.clone(), input, Dropout::NONE).as_vec()
+    }
+
+    /// The pooler output `tanh(dense(h_[CLS]))` `[batch, hidden]` from the last hidden state.
+    fn pool<T: Tape<f32, Cpu>>(&self, hidden: Matrix<T>, input: &BertInput) -> Result<Matrix<T>> {
+        let pooler = self.pooler.as_ref().context("the checkpoint has no pooler.dense")?;
+        let cls_rows: Vec<usize> = (0..input.batch()).map(|b| b * input.seq).collect();
+        let dev = hidden.device().clone();
+        let cls: Matrix<T> = hidden.gather(dev.tensor_from_vec(cls_rows, (input.batch(),)));
+        Ok(pooler.forward(cls).tanh())
     }
 }
 
@@ -367,4 +404,149 @@ impl BertModel {
             pooler.params_mut(&format!("{prefix}pooler.dense"), out);
         }
     }
+}
+
+/// BERT with HF's `BertForSequenceClassification` head: dropout and `classifier` on the
+/// pooler output. Saved as an HF model dir that `transformers` loads unchanged.
+#[derive(Clone, Debug)]
+pub struct BertForSequenceClassification {
+    /// `bert.*`
+    pub bert: BertModel,
+    /// `classifier.*`
+    pub classifier: Linear,
+    /// `config.json` as read; written back with the labels when saving.
+    pub raw_config: serde_json::Value,
+    /// The dir the weights came from (its tokenizer files are copied when saving).
+    pub source_dir: PathBuf,
+}
+
+impl BertForSequenceClassification {
+    /// Loads an HF model dir. A plain encoder checkpoint (no `classifier`, or no pooler) gets
+    /// the missing parts from HF's init: normal(0, initializer_range) weights, zero bias.
+    pub fn load(dir: &Path, num_labels: usize, dev: &Cpu, rng: &mut StdRng) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let config = BertConfig::load(&config_path)?;
+        let raw_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
+        let path = dir.join("model.safetensors");
+        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read the weights", path.display()))?;
+        let w = Weights::new(&path, &bytes, dev)?;
+        let root = if w.has("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+        let mut bert = BertModel::from_weights(&w, root, config)?;
+        let h = bert.config.hidden_size;
+        let std = raw_config.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02) as f32;
+        let mut init = |outputs: usize, inputs: usize| Linear {
+            weight: normal(dev, (outputs, inputs), std, rng),
+            bias: dev.zeros_like(&(outputs,)),
+        };
+        if bert.pooler.is_none() {
+            bert.pooler = Some(init(h, h));
+        }
+        let classifier = if w.has("classifier.weight") {
+            let shape = w.tensors.tensor("classifier.weight").map(|t| t.shape().to_vec()).unwrap_or_default();
+            if shape != [num_labels, h] {
+                bail!(
+                    "{}: classifier.weight has shape {shape:?} but the task has {num_labels} labels (expected [{num_labels}, {h}]); \
+                     start from the encoder checkpoint instead",
+                    path.display()
+                );
+            }
+            w.linear("classifier", h, num_labels)?
+        } else {
+            init(num_labels, h)
+        };
+        Ok(BertForSequenceClassification { bert, classifier, raw_config, source_dir: dir.to_path_buf() })
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.classifier.weight.shape().0
+    }
+
+    /// Logits `[batch, num_labels]`; the tape starts at `word_embeddings`.
+    pub fn forward<T: Tape<f32, Cpu>>(&self, word_embeddings: Matrix<T>, input: &BertInput, dropout: Dropout) -> Matrix<T> {
+        let hidden = self.bert.forward(word_embeddings, input, dropout);
+        let pooled = self.bert.pool(hidden, input).expect("load() always sets a pooler");
+        self.classifier.forward(maybe_dropout(pooled, dropout.hidden))
+    }
+
+    /// Logits with the config's dropout and a gradient tape.
+    pub fn forward_train(&self, input: &BertInput) -> Matrix<OwnedTape<f32, Cpu>> {
+        let dropout = Dropout::from_config(&self.bert.config);
+        self.forward(self.bert.embeddings.word_embeddings.leaky_trace(), input, dropout)
+    }
+
+    /// Logits without dropout or tape, row-major `[batch, num_labels]`.
+    pub fn predict_logits(&self, input: &BertInput) -> Vec<f32> {
+        self.forward(self.bert.embeddings.word_embeddings.clone(), input, Dropout::NONE).as_vec()
+    }
+
+    /// Parameters with their HF names (`bert.…`, `classifier.…`).
+    pub fn params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
+        let mut out = Vec::new();
+        self.bert.params_mut("bert.", &mut out);
+        self.classifier.params_mut("classifier", &mut out);
+        out
+    }
+
+    pub fn num_params(&mut self) -> usize {
+        self.params_mut().iter().map(|(_, p)| p.dims().iter().product::<usize>()).sum()
+    }
+
+    /// Writes an HF model dir: `config.json` (architecture and labels), `model.safetensors`,
+    /// and the tokenizer files of the source dir. The dir is built under a temporary name
+    /// and renamed into place.
+    pub fn save(&mut self, dir: &Path, labels: &[String]) -> Result<()> {
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+
+        let mut config = self.raw_config.clone();
+        let object = config.as_object_mut().context("config.json is not a JSON object")?;
+        object.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
+        let id2label: serde_json::Map<String, serde_json::Value> =
+            labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect();
+        let label2id: serde_json::Map<String, serde_json::Value> =
+            labels.iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
+        object.insert("id2label".into(), id2label.into());
+        object.insert("label2id".into(), label2id.into());
+        object.remove("_name_or_path");
+        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        std::fs::write(tmp.join("model.safetensors"), safetensors_bytes(&self.params_mut(), metadata)?)?;
+        for file in ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+            let src = self.source_dir.join(file);
+            if src.is_file() {
+                std::fs::copy(&src, tmp.join(file)).with_context(|| format!("{}: cannot copy", src.display()))?;
+            }
+        }
+        replace_dir(&tmp, dir)?;
+        self.source_dir = dir.to_path_buf();
+        Ok(())
+    }
+}
+
+/// Moves `tmp` to `dir`, replacing an existing `dir` (old one removed after the rename).
+fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    let old = tmp.with_extension("old");
+    if dir.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        std::fs::rename(dir, &old).with_context(|| format!("{}: cannot move aside", dir.display()))?;
+    }
+    std::fs::rename(tmp, dir).with_context(|| format!("{}: cannot rename into place", dir.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+fn normal<S: Shape>(dev: &Cpu, shape: S, std: f32, rng: &mut StdRng) -> Tensor<S, f32, Cpu> {
+    let dist = rand_distr::Normal::new(0.0, std).expect("positive std");
+    let values: Vec<f32> = (0..shape.num_elements()).map(|_| rand_distr::Distribution::sample(&dist, rng)).collect();
+    dev.tensor_from_vec(values, shape)
 }

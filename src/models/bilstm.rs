@@ -15,7 +15,7 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{uniform, Linear, ParamMut};
+use super::layers::{safetensors_bytes, uniform, Linear, ParamMut};
 use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection, Matrix, Packing, ProjectionCache};
 use std::sync::Mutex;
 use crate::config::PairFeatures;
@@ -211,28 +211,12 @@ impl BiLstmStudent {
     /// Writes the weights as safetensors, with the shape in the header metadata.
     pub fn save(&mut self, path: &Path) -> Result<()> {
         let shape_json = serde_json::to_string(&self.shape)?;
-        let params: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .params_mut()
-            .into_iter()
-            .map(|(name, p)| {
-                let bytes = p.values().iter().flat_map(|v| v.to_le_bytes()).collect();
-                (name, p.dims(), bytes)
-            })
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = params
-            .iter()
-            .map(|(name, dims, bytes)| {
-                let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims.clone(), bytes)
-                    .expect("sizes match");
-                (name.clone(), view)
-            })
-            .collect();
         let metadata = HashMap::from([
             ("format".to_string(), "pt".to_string()),
             ("distill.student_shape".to_string(), shape_json),
             ("distill.dropout".to_string(), self.dropout.to_string()),
         ]);
-        let bytes = safetensors::serialize(views, Some(metadata))?;
+        let bytes = safetensors_bytes(&self.params_mut(), metadata)?;
         write_atomic(path, &bytes)
     }
 

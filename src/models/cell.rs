@@ -1,23 +1,10 @@
 //! The LSTM cell arithmetic, fused: activations, the new cell and hidden state in one
 //! pass (forward), and the gate gradients in one pass (backward).
 //!
-//! `exp` is a branch-free polynomial (relative error < 2e-7) so the loops vectorise; each
-//! kernel is compiled three times (AVX-512, AVX2+FMA, baseline) and picked at run time.
+//! `exp` is a branch-free polynomial so the loops vectorise; each kernel is compiled three
+//! times (AVX-512, AVX2+FMA, baseline) and picked at run time (see [`super::simd`]).
 
-#[inline(always)]
-fn exp_fast(x: f32) -> f32 {
-    #[allow(clippy::manual_clamp)]
-    let x = x.max(-87.0).min(88.0);
-    // Round x·log2(e) to the nearest integer n without a libm call: adding 1.5·2^23 leaves
-    // n in the low mantissa bits of `shifted`, which also gives 2^n by integer arithmetic.
-    let shifted = x * std::f32::consts::LOG2_E + 12_582_912.0;
-    let n = shifted - 12_582_912.0;
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_888_9)))));
-    let two_to_n = f32::from_bits(shifted.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
-    p * two_to_n
-}
+use super::simd::{dispatch, exp_fast};
 
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
@@ -116,21 +103,6 @@ fn backward_generic(
             store(&mut dc[row], &dcb);
         }
     }
-}
-
-macro_rules! dispatch {
-    ($generic:ident, $avx512:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn $avx512($($arg: $ty),*) {
-            $generic($($arg),*)
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2($($arg: $ty),*) {
-            $generic($($arg),*)
-        }
-    };
 }
 
 dispatch!(forward_generic, forward_avx512, forward_avx2, (gates: &mut [f32], c: &mut [f32], h: &mut [f32], hidden: usize));

@@ -1,8 +1,10 @@
-//! Models: the Bi-LSTM student (and its fused LSTM layer).
+//! Models: the BERT teacher and the Bi-LSTM student, with the fused ops they use.
 
+pub mod attention;
 pub mod bert;
 pub mod bilstm;
 pub mod cell;
 pub mod layers;
 pub mod lstm;
 pub mod matmul;
+pub mod simd;

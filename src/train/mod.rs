@@ -1,11 +1,13 @@
 //! Training stages and what they share: the run directory, encoded data, batching, evaluation.
 
 pub mod student;
+pub mod teacher;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use dfdx::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::rngs::StdRng;
@@ -44,8 +46,9 @@ pub fn run_experiment(experiment: Experiment) -> Result<Vec<ResultRow>> {
     let mut rows = Vec::new();
     for stage in ctx.experiment.stages.clone() {
         let row = match stage {
+            Stage::Teacher => teacher::train_teacher(&ctx)?,
             Stage::Student => student::train_student(&ctx)?,
-            Stage::Teacher | Stage::Distill => {
+            Stage::Distill => {
                 anyhow::bail!("stage {stage:?} is not available in this version of distill")
             }
         };
@@ -183,4 +186,13 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     );
     bar.set_message(what.to_string());
     bar
+}
+
+/// One-hot targets `[rows, classes]` for `cross_entropy_with_logits_loss`.
+pub fn one_hot(dev: &Cpu, labels: &[usize], classes: usize) -> Tensor<(usize, usize), f32, Cpu> {
+    let mut v = vec![0f32; labels.len() * classes];
+    for (row, &l) in labels.iter().enumerate() {
+        v[row * classes + l] = 1.0;
+    }
+    dev.tensor_from_vec(v, (labels.len(), classes))
 }

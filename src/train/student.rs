@@ -2,13 +2,13 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
-use super::{evaluate, load_splits, progress_bar, shuffled_batches, EncodedSet, RunContext};
+use super::{evaluate, one_hot, load_splits, progress_bar, shuffled_batches, EncodedSet, RunContext};
 use crate::config::{expand_path, Experiment};
 use crate::data::Task;
 use crate::embeddings::load_pretrained;
@@ -23,7 +23,7 @@ const EVAL_BATCH: usize = 256;
 
 pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
     let exp = &ctx.experiment;
-    let cfg = &exp.student;
+    let cfg = exp.student.as_ref().context("the student stage needs a [student] table")?;
     let task = Task::new(exp.task, exp.data.columns.as_ref());
     let (train, dev) = load_splits(exp, &task)?;
     eprintln!("data: {} train, {} dev examples ({:?})", train.examples.len(), dev.examples.len(), task.name);
@@ -69,7 +69,7 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
     std::fs::create_dir_all(&student_dir)?;
     write_atomic(&student_dir.join("vocab.txt"), vocab.to_text().as_bytes())?;
     let checkpoint = student_dir.join("model.safetensors");
-    let mut log = MetricsLog::new(ctx.run_dir.join("metrics.csv"));
+    let mut log = MetricsLog::open(ctx.run_dir.join("metrics.csv"), "student")?;
     let mut optimizer = Optimizer::new(OptimizerConfig::new(cfg.optimizer, cfg.lr));
     let trainable: Vec<bool> =
         model.params_mut().iter().enumerate().map(|(i, _)| i > 0 || cfg.train_embeddings).collect();
@@ -167,13 +167,6 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
     })
 }
 
-fn one_hot(dev: &Cpu, labels: &[usize], classes: usize) -> Tensor<(usize, usize), f32, Cpu> {
-    let mut v = vec![0f32; labels.len() * classes];
-    for (row, &l) in labels.iter().enumerate() {
-        v[row * classes + l] = 1.0;
-    }
-    dev.tensor_from_vec(v, (labels.len(), classes))
-}
 
 /// Copies pretrained vectors into the embedding; other rows are random with the vectors'
 /// spread, and `[PAD]` is zero.
