@@ -37,9 +37,15 @@ pub struct Experiment {
     /// The BERT teacher (required by the "teacher" stage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<TeacherConfig>,
-    /// The Bi-LSTM student (required by the "student" stage).
+    /// The Bi-LSTM student (required by the "student" and "distill" stages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub student: Option<StudentConfig>,
+    /// How the transfer set is augmented (used by the "distill" stage).
+    #[serde(default, skip_serializing_if = "AugmentConfig::is_default")]
+    pub augment: AugmentConfig,
+    /// Training the student on the teacher's logits (required by the "distill" stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -219,6 +225,98 @@ pub struct TeacherConfig {
     pub eval_batch_size: usize,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Chance that a word becomes `mask_token`.
+    #[serde(default)]
+    pub p_mask: f64,
+    /// Chance that a word is replaced by a training-data word with the same part of speech.
+    #[serde(default)]
+    pub p_pos: f64,
+    /// Chance that only a random n-gram of an augmented text is kept.
+    #[serde(default)]
+    pub p_ng: f64,
+    /// Smallest and largest n of n-gram sampling.
+    #[serde(default = "defaults::ngram_range")]
+    pub ngram_range: [usize; 2],
+    /// Augmented copies per training example (0 = the transfer set is the training set).
+    #[serde(default)]
+    pub n_iter: usize,
+    /// Drop copies identical to the original or to an earlier copy.
+    #[serde(default = "defaults::yes")]
+    pub drop_duplicates: bool,
+    /// The word that masking writes (the seed found `[UNK]` better than `[MASK]` for Chinese).
+    #[serde(default = "defaults::mask_token")]
+    pub mask_token: String,
+    /// English POS lexicon (`word TAG` lines) for `p_pos`; Chinese uses jieba's tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_lexicon: Option<String>,
+}
+
+impl AugmentConfig {
+    /// No augmentation at all (left out of saved configs, so their hashes stay put).
+    pub fn is_default(&self) -> bool {
+        *self == AugmentConfig::default()
+    }
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            p_mask: 0.0,
+            p_pos: 0.0,
+            p_ng: 0.0,
+            ngram_range: defaults::ngram_range(),
+            n_iter: 0,
+            drop_duplicates: true,
+            mask_token: defaults::mask_token(),
+            pos_lexicon: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DistillLoss {
+    /// Mean squared error between student and teacher logits (Tang et al.; the seed).
+    Mse,
+    /// KL divergence between softened distributions at `temperature`, scaled by T².
+    Kl,
+    /// Cross-entropy on gold labels only (no teacher signal; a control).
+    Ce,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// A fine-tuned teacher dir (HF format). Default: the one this experiment's "teacher"
+    /// stage produces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
+    #[serde(default = "defaults::distill_loss")]
+    pub loss: DistillLoss,
+    /// Weight of cross-entropy on gold labels: loss = alpha·CE + (1 − alpha)·`loss`.
+    #[serde(default)]
+    pub alpha: f64,
+    /// Softening temperature of `kl`.
+    #[serde(default = "defaults::one")]
+    pub temperature: f64,
+    /// The student's training settings for this stage (architecture from [student]).
+    pub optimizer: OptimizerName,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub dropout: f64,
+    #[serde(default)]
+    pub eval_every: usize,
+    #[serde(default)]
+    pub max_grad_norm: f64,
+    /// Batch size of the teacher's inference over the transfer set.
+    #[serde(default = "defaults::teacher_batch")]
+    pub teacher_batch_size: usize,
+}
+
 mod defaults {
     use super::*;
     pub fn seed() -> u64 {
@@ -259,6 +357,18 @@ mod defaults {
     }
     pub fn eval_batch_size() -> usize {
         64
+    }
+    pub fn ngram_range() -> [usize; 2] {
+        [2, 6]
+    }
+    pub fn mask_token() -> String {
+        "[MASK]".into()
+    }
+    pub fn distill_loss() -> DistillLoss {
+        DistillLoss::Mse
+    }
+    pub fn teacher_batch() -> usize {
+        128
     }
 }
 
@@ -360,10 +470,21 @@ impl Experiment {
         }
         for stage in &self.stages {
             match stage {
-                Stage::Distill => {
+                Stage::Distill if self.distill.is_none() => {
                     return Err((
-                        "stages".into(),
-                        "stage \"distill\" is not available in this version of distill; \"teacher\" and \"student\" run".into(),
+                        "distill".into(),
+                        "the \"distill\" stage needs a [distill] table (optimizer, lr, batch_size, epochs, dropout)".into(),
+                    ))
+                }
+                Stage::Distill if self.student.is_none() => {
+                    return Err(("student".into(), "the \"distill\" stage needs a [student] table (the architecture)".into()))
+                }
+                Stage::Distill
+                    if self.distill.as_ref().is_some_and(|d| d.teacher.is_none()) && !self.stages.contains(&Stage::Teacher) =>
+                {
+                    return Err((
+                        "distill.teacher".into(),
+                        "name a fine-tuned teacher dir, or list \"teacher\" in stages so this experiment trains one".into(),
                     ))
                 }
                 Stage::Teacher if self.teacher.is_none() => {
@@ -438,6 +559,39 @@ impl Experiment {
             }
             if !(t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite()) {
                 return Err(("teacher.max_grad_norm".into(), "must be >= 0 (0 = no clipping)".into()));
+            }
+        }
+        let a = &self.augment;
+        for (key, p) in [("augment.p_mask", a.p_mask), ("augment.p_pos", a.p_pos), ("augment.p_ng", a.p_ng)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err((key.into(), format!("{p} is out of range; allowed 0 ..= 1")));
+            }
+        }
+        if a.p_mask + a.p_pos > 1.0 {
+            return Err(("augment.p_pos".into(), "p_mask + p_pos must be at most 1 (one draw per word decides)".into()));
+        }
+        if a.ngram_range[0] < 1 || a.ngram_range[0] > a.ngram_range[1] {
+            return Err(("augment.ngram_range".into(), format!("{:?}: give [lo, hi] with 1 <= lo <= hi", a.ngram_range)));
+        }
+        range("augment.n_iter", a.n_iter, 0, 1000)?;
+        if let Some(d) = &self.distill {
+            range("distill.batch_size", d.batch_size, 1, 65536)?;
+            range("distill.teacher_batch_size", d.teacher_batch_size, 1, 65536)?;
+            range("distill.epochs", d.epochs, 1, 10_000)?;
+            if !(d.lr > 0.0 && d.lr <= 100.0) {
+                return Err(("distill.lr".into(), format!("{} is out of range; allowed 0 < lr <= 100", d.lr)));
+            }
+            if !(0.0..1.0).contains(&d.dropout) {
+                return Err(("distill.dropout".into(), format!("{} is out of range; allowed 0 <= dropout < 1", d.dropout)));
+            }
+            if !(0.0..=1.0).contains(&d.alpha) {
+                return Err(("distill.alpha".into(), format!("{} is out of range; allowed 0 ..= 1", d.alpha)));
+            }
+            if !(d.temperature > 0.0 && d.temperature <= 100.0) {
+                return Err(("distill.temperature".into(), format!("{} is out of range; allowed 0 < temperature <= 100", d.temperature)));
+            }
+            if !(d.max_grad_norm >= 0.0 && d.max_grad_norm.is_finite()) {
+                return Err(("distill.max_grad_norm".into(), "must be >= 0 (0 = no clipping)".into()));
             }
         }
         let Some(s) = &self.student else { return Ok(()) };

@@ -3,6 +3,7 @@
 //! The modules follow the pipeline: experiment config → data/tasks → tokenization and
 //! vocab → word embeddings → models → optimizers → training stages → metrics and reports.
 
+pub mod augment;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -84,7 +84,7 @@ impl MetricsLog {
 }
 
 /// One line of `results.csv`: a finished stage of an experiment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ResultRow {
     pub experiment: String,
     pub task: String,

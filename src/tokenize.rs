@@ -14,7 +14,7 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::{AddedToken, Tokenizer, TruncationParams};
 
 use crate::config::{expand_path, VocabConfig, VocabKind};
 
@@ -201,6 +201,13 @@ fn load_bert_tokenizer(path: &Path) -> Result<(Tokenizer, PathBuf)> {
         };
         let (cls, sep) = (id(CLS)?, id(SEP)?);
         tokenizer.with_post_processor(Some(BertProcessing::new((SEP.into(), sep), (CLS.into(), cls))));
+        // As in a tokenizer.json: `[MASK]` (written by augmentation) and the other specials stay whole.
+        let specials: Vec<AddedToken> = [PAD, UNK, CLS, SEP, MASK]
+            .into_iter()
+            .filter(|t| tokenizer.token_to_id(t).is_some())
+            .map(|t| AddedToken::from(t, true))
+            .collect();
+        tokenizer.add_special_tokens(&specials);
         tokenizer
     };
     Ok((tokenizer, file))

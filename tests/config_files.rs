@@ -97,9 +97,19 @@ fn config_hash_changes_with_the_config() {
 }
 
 #[test]
-fn stages_not_yet_available_are_rejected_clearly() {
+fn distill_needs_its_table_and_a_teacher() {
     let e = parse(&GOOD.replace("task = \"sst2\"", "task = \"sst2\"\nstages = [\"distill\"]"), &[]).unwrap_err();
-    assert!(e.contains("stages") && e.contains("not available"), "{e}");
+    assert!(e.contains("key `distill`") && e.contains("[distill] table"), "{e}");
+    let distill = "\n[distill]\noptimizer = \"adadelta\"\nlr = 1.0\nbatch_size = 128\nepochs = 6\ndropout = 0.2\n";
+    let text = GOOD.replace("task = \"sst2\"", "task = \"sst2\"\nstages = [\"distill\"]") + distill;
+    let e = parse(&text, &[]).unwrap_err();
+    assert!(e.contains("key `distill.teacher`"), "{e}");
+    let exp = parse(&text, &["distill.teacher=\"runs/t\"", "augment.p_mask=0.1", "augment.n_iter=3"]).unwrap();
+    assert_eq!(exp.augment.ngram_range, [2, 6]);
+    let e = parse(&text, &["distill.teacher=\"t\"", "augment.p_mask=0.7", "augment.p_pos=0.5"]).unwrap_err();
+    assert!(e.contains("key `augment.p_pos`") && e.contains("at most 1"), "{e}");
+    let e = parse(&text, &["distill.teacher=\"t\"", "augment.ngram_range=[5, 2]"]).unwrap_err();
+    assert!(e.contains("key `augment.ngram_range`"), "{e}");
 }
 
 #[test]

@@ -248,7 +248,8 @@ eval_every = 3
         model = model_dir.display()
     );
     let exp = distill::config::Experiment::parse(&toml, "slice.toml", &[]).unwrap();
-    let rows = distill::train::run_experiment(exp).unwrap();
+    let teacher_dir = distill::train::teacher::teacher_dir(&exp);
+    let rows = distill::train::run_experiment(exp.clone()).unwrap();
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
     assert_eq!(row.stage, "teacher");
@@ -257,9 +258,23 @@ eval_every = 3
     let run_dir = Path::new(&row.run_dir);
     let metrics = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
     assert_eq!(metrics.lines().filter(|l| l.starts_with("teacher,")).count(), 4, "{metrics}");
-    let teacher = load(&run_dir.join("teacher"), 2);
+    let teacher = load(&teacher_dir, 2);
     let task = Task::new(distill::config::TaskName::Sst2, None);
     assert_eq!(teacher.num_labels(), task.num_labels());
     let results = std::fs::read_to_string(out.path().join("results.csv")).unwrap();
     assert!(results.lines().nth(1).unwrap().contains("teacher"), "{results}");
+
+    // A second experiment that differs only outside [teacher] reuses the finished teacher:
+    // no training (the saved weights are untouched) and the same figures.
+    let modified = std::fs::metadata(teacher_dir.join("model.safetensors")).unwrap().modified().unwrap();
+    let mut other = exp.clone();
+    other.name = "teacher-slice-again".into();
+    let again = distill::train::run_experiment(other).unwrap();
+    assert_eq!(again[0].dev_accuracy, row.dev_accuracy);
+    assert_eq!(again[0].experiment, "teacher-slice-again");
+    assert_eq!(std::fs::metadata(teacher_dir.join("model.safetensors")).unwrap().modified().unwrap(), modified);
+    // A different [teacher] setting gets its own dir.
+    let mut changed = exp;
+    changed.teacher.as_mut().unwrap().lr = 4e-5;
+    assert_ne!(distill::train::teacher::teacher_dir(&changed), teacher_dir);
 }

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::lstm::Matrix;
 use super::matmul::{matmul, MatRef};
+use super::simd::exp_fast;
 
 /// Shapes of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -97,7 +98,7 @@ pub fn attention<T: Tape<f32, Cpu> + Merge<T>>(
                 }
                 let mut sum = 0f32;
                 for x in row.iter_mut() {
-                    *x = (*x - max).exp();
+                    *x = exp_fast(*x - max);
                     sum += *x;
                 }
                 row.iter_mut().for_each(|x| *x /= sum);

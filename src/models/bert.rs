@@ -271,7 +271,7 @@ impl BertResidualOutput {
         residual: Matrix<R>,
         dropout: f32,
     ) -> Matrix<T> {
-        self.layer_norm.forward(maybe_dropout(self.dense.forward(x), dropout) + residual)
+        self.layer_norm.forward_sum(maybe_dropout(self.dense.forward(x), dropout), residual)
     }
 }
 

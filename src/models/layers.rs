@@ -95,10 +95,33 @@ impl LayerNorm {
     /// One tape node, rows in parallel (dfdx's `normalize` chain runs several single-threaded
     /// passes and keeps each intermediate).
     pub fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>) -> Matrix<T> {
-        use rayon::prelude::*;
-        let (rows, dim) = *x.shape();
-        let (x, mut tape) = x.split_tape();
+        let (x, tape) = x.split_tape();
         let xs = contiguous_values(&x);
+        self.forward_values(&x, xs, tape, vec![x.clone()])
+    }
+
+    /// `LayerNorm(a + b)` as one node: BERT's residual connections, without a separate add.
+    pub fn forward_sum<T: Tape<f32, Cpu> + Merge<R>, R: Tape<f32, Cpu>>(&self, a: Matrix<T>, b: Matrix<R>) -> Matrix<T> {
+        assert_eq!(a.shape(), b.shape(), "LayerNorm::forward_sum: shapes differ");
+        let (a, tape_a) = a.split_tape();
+        let (b, tape_b) = b.split_tape();
+        let mut sum = contiguous_values(&a);
+        sum.iter_mut().zip(contiguous_values(&b)).for_each(|(s, v)| *s += v);
+        let inputs = vec![a.clone(), b];
+        self.forward_values(&a, sum, tape_a.merge(tape_b), inputs)
+    }
+
+    /// Normalises `xs` (the values of a `[rows, dim]` input) and records a backward op that
+    /// adds the input gradient to each of `inputs` (tensors share storage: cloning is cheap).
+    fn forward_values<T: Tape<f32, Cpu>>(
+        &self,
+        like: &Matrix,
+        xs: Vec<f32>,
+        mut tape: T,
+        inputs: Vec<Matrix>,
+    ) -> Matrix<T> {
+        use rayon::prelude::*;
+        let (rows, dim) = *like.shape();
         let (gamma, beta) = (self.weight.as_vec(), self.bias.as_vec());
         let eps = self.eps as f32;
         let mut normed = vec![0f32; rows * dim];
@@ -118,11 +141,11 @@ impl LayerNorm {
                     o[j] = n[j] * gamma[j] + beta[j];
                 }
             });
-        let out = x.device().tensor_from_vec(out, (rows, dim));
+        let out = like.device().tensor_from_vec(out, (rows, dim));
         if !T::OWNS_TAPE {
             return out.put_tape(tape);
         }
-        let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
+        let out_ghost = out.ghost();
         let (weight, bias) = (self.weight.clone(), self.bias.clone());
         tape.add_backward_op(move |grads| {
             let d_out = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
@@ -136,7 +159,7 @@ impl LayerNorm {
             }
             grads.get_or_alloc_mut(&weight)?.iter_mut().zip(&d_gamma).for_each(|(a, b)| *a += b);
             grads.get_or_alloc_mut(&bias)?.iter_mut().zip(&d_beta).for_each(|(a, b)| *a += b);
-            let d_x = grads.get_or_alloc_mut(&x_ghost)?;
+            let mut d_x = vec![0f32; rows * dim];
             d_x.par_chunks_mut(dim)
                 .zip(d_out.par_chunks(dim))
                 .zip(normed.par_chunks(dim))
@@ -152,9 +175,12 @@ impl LayerNorm {
                     mean_g /= dim as f32;
                     mean_gn /= dim as f32;
                     for j in 0..dim {
-                        dx[j] += inv * (g[j] * gamma[j] - mean_g - n[j] * mean_gn);
+                        dx[j] = inv * (g[j] * gamma[j] - mean_g - n[j] * mean_gn);
                     }
                 });
+            for input in &inputs {
+                grads.get_or_alloc_mut(input)?.iter_mut().zip(&d_x).for_each(|(a, b)| *a += b);
+            }
             Ok(())
         });
         out.put_tape(tape)

@@ -1,5 +1,6 @@
 //! Training stages and what they share: the run directory, encoded data, batching, evaluation.
 
+pub mod distill;
 pub mod student;
 pub mod teacher;
 
@@ -17,7 +18,10 @@ use crate::data::{load_split, Dataset, LoadOptions, Task};
 use crate::metrics::{argmax_rows, Metrics};
 use crate::models::bilstm::{BiLstmStudent, StudentInput, TokenBatch};
 use crate::report::{append_result, write_atomic, ResultRow};
+use crate::augment::{join_words, TransferExample};
+use crate::data::Language;
 use crate::tokenize::TextEncoder;
+use rayon::prelude::*;
 
 /// A run's folder and identity.
 pub struct RunContext {
@@ -48,9 +52,7 @@ pub fn run_experiment(experiment: Experiment) -> Result<Vec<ResultRow>> {
         let row = match stage {
             Stage::Teacher => teacher::train_teacher(&ctx)?,
             Stage::Student => student::train_student(&ctx)?,
-            Stage::Distill => {
-                anyhow::bail!("stage {stage:?} is not available in this version of distill")
-            }
+            Stage::Distill => distill::train_distilled(&ctx)?,
         };
         append_result(&ctx.results_csv, &row)?;
         eprintln!(
@@ -104,6 +106,26 @@ impl EncodedSet {
             None
         };
         EncodedSet { a, b, labels: ds.examples.iter().map(|e| e.label).collect() }
+    }
+
+    /// The transfer set as student ids: WordPiece reads the joined text (the mask token is
+    /// one of its special tokens); jieba vocabularies look each word up directly, so the
+    /// student sees exactly the words the augmenter produced.
+    pub fn from_transfer(rows: &[TransferExample], encoder: &TextEncoder, language: Language, max_len: usize) -> EncodedSet {
+        let encode = |words: &[String]| -> Vec<u32> {
+            let mut ids = match encoder {
+                TextEncoder::WordPiece { .. } => encoder.encode(&join_words(words, language)),
+                TextEncoder::Jieba { vocab, .. } => words.iter().map(|w| vocab.id(w)).collect(),
+            };
+            ids.truncate(max_len);
+            ids
+        };
+        let a = rows.par_iter().map(|r| encode(&r.a)).collect();
+        let b = rows
+            .iter()
+            .any(|r| r.b.is_some())
+            .then(|| rows.par_iter().map(|r| encode(r.b.as_deref().unwrap_or(&[]))).collect());
+        EncodedSet { a, b, labels: rows.iter().map(|r| r.label).collect() }
     }
 
     pub fn len(&self) -> usize {

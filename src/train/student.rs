@@ -9,8 +9,9 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 use super::{evaluate, one_hot, load_splits, progress_bar, shuffled_batches, EncodedSet, RunContext};
-use crate::config::{expand_path, Experiment};
-use crate::data::Task;
+use crate::config::{expand_path, DistillLoss, Experiment, OptimizerName};
+use crate::data::{Dataset, Task};
+use crate::models::lstm::Matrix;
 use crate::embeddings::load_pretrained;
 use crate::metrics::Metrics;
 use crate::models::bilstm::{BiLstmStudent, StudentShape};
@@ -21,61 +22,124 @@ use crate::tokenize::TextEncoder;
 /// Eval batches are larger than training ones: no activations are kept.
 const EVAL_BATCH: usize = 256;
 
+/// Everything a student stage starts from: data, vocab, encoded splits and a fresh model
+/// (pretrained vectors copied in). The "student" and "distill" stages share it.
+pub struct StudentSetup {
+    pub task: Task,
+    pub train: Dataset,
+    pub encoder: TextEncoder,
+    pub train_set: EncodedSet,
+    pub dev_set: EncodedSet,
+    pub model: BiLstmStudent,
+    pub dev_cpu: Cpu,
+    pub rng: StdRng,
+}
+
+impl StudentSetup {
+    pub fn new(exp: &Experiment, dropout: f64) -> Result<StudentSetup> {
+        let cfg = exp.student.as_ref().context("this stage needs a [student] table")?;
+        let task = Task::new(exp.task, exp.data.columns.as_ref());
+        let (train, dev) = load_splits(exp, &task)?;
+        eprintln!("data: {} train, {} dev examples ({:?})", train.examples.len(), dev.examples.len(), task.name);
+
+        let train_texts: Vec<&str> = train
+            .examples
+            .iter()
+            .flat_map(|e| std::iter::once(e.text_a.as_str()).chain(e.text_b.as_deref()))
+            .collect();
+        let encoder = TextEncoder::from_config(&exp.vocab, &train_texts)?;
+        let vocab = encoder.vocab();
+        let train_set = EncodedSet::new(&train, &encoder, cfg.max_seq_len);
+        let dev_set = EncodedSet::new(&dev, &encoder, cfg.max_seq_len);
+        let oov = |s: &EncodedSet| {
+            let mut all = s.a.clone();
+            all.extend(s.b.clone().unwrap_or_default());
+            encoder.coverage(&all).oov_rate()
+        };
+        eprintln!(
+            "vocab: {} tokens ({:?}); OOV rate train {:.2}%, dev {:.2}%",
+            vocab.len(),
+            exp.vocab.kind,
+            100.0 * oov(&train_set),
+            100.0 * oov(&dev_set)
+        );
+
+        let dev_cpu = Cpu::seed_from_u64(exp.seed);
+        let mut rng = StdRng::seed_from_u64(exp.seed);
+        let shape = StudentShape {
+            vocab_size: vocab.len(),
+            embedding_dim: cfg.embedding_dim,
+            hidden_size: cfg.hidden_size,
+            fc_size: cfg.fc_size(),
+            num_labels: task.num_labels(),
+            pair_features: task.is_pair().then_some(cfg.pair_features),
+        };
+        let mut model = BiLstmStudent::new(shape, dropout as f32, &dev_cpu, &mut rng);
+        init_embeddings(exp, &encoder, &mut model, &mut rng)?;
+        Ok(StudentSetup { task, train, encoder, train_set, dev_set, model, dev_cpu, rng })
+    }
+}
+
+/// How a student stage trains: optimizer settings and the stage's name in the reports.
+pub struct FitSettings {
+    pub stage: &'static str,
+    pub optimizer: OptimizerName,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub eval_every: usize,
+    pub max_grad_norm: f64,
+    pub train_embeddings: bool,
+}
+
+/// What the student learns from on each training row.
+pub enum Targets<'a> {
+    /// Cross-entropy on the gold labels.
+    Gold,
+    /// The teacher's logits (`rows × labels`, in training-set order) with a distillation loss.
+    Teacher { logits: &'a [f32], loss: LossSpec },
+}
+
 pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
     let exp = &ctx.experiment;
     let cfg = exp.student.as_ref().context("the student stage needs a [student] table")?;
-    let task = Task::new(exp.task, exp.data.columns.as_ref());
-    let (train, dev) = load_splits(exp, &task)?;
-    eprintln!("data: {} train, {} dev examples ({:?})", train.examples.len(), dev.examples.len(), task.name);
-
-    let train_texts: Vec<&str> = train
-        .examples
-        .iter()
-        .flat_map(|e| std::iter::once(e.text_a.as_str()).chain(e.text_b.as_deref()))
-        .collect();
-    let encoder = TextEncoder::from_config(&exp.vocab, &train_texts)?;
-    let vocab = encoder.vocab();
-    let train_set = EncodedSet::new(&train, &encoder, cfg.max_seq_len);
-    let dev_set = EncodedSet::new(&dev, &encoder, cfg.max_seq_len);
-    let oov = |s: &EncodedSet| {
-        let mut all = s.a.clone();
-        all.extend(s.b.clone().unwrap_or_default());
-        encoder.coverage(&all).oov_rate()
+    let mut setup = StudentSetup::new(exp, cfg.dropout)?;
+    let settings = FitSettings {
+        stage: "student",
+        optimizer: cfg.optimizer,
+        lr: cfg.lr,
+        batch_size: cfg.batch_size,
+        epochs: cfg.epochs,
+        eval_every: cfg.eval_every,
+        max_grad_norm: cfg.max_grad_norm,
+        train_embeddings: cfg.train_embeddings,
     };
-    eprintln!(
-        "vocab: {} tokens ({:?}); OOV rate train {:.2}%, dev {:.2}%",
-        vocab.len(),
-        exp.vocab.kind,
-        100.0 * oov(&train_set),
-        100.0 * oov(&dev_set)
-    );
+    let train_set = std::mem::replace(&mut setup.train_set, EncodedSet { a: vec![], b: None, labels: vec![] });
+    fit(ctx, &mut setup, &train_set, Targets::Gold, &settings)
+}
 
-    let dev_cpu = Cpu::seed_from_u64(exp.seed);
-    let mut rng = StdRng::seed_from_u64(exp.seed);
-    let shape = StudentShape {
-        vocab_size: vocab.len(),
-        embedding_dim: cfg.embedding_dim,
-        hidden_size: cfg.hidden_size,
-        fc_size: cfg.fc_size(),
-        num_labels: task.num_labels(),
-        pair_features: task.is_pair().then_some(cfg.pair_features),
-    };
-    let mut model = BiLstmStudent::new(shape, cfg.dropout as f32, &dev_cpu, &mut rng);
-    init_embeddings(exp, &encoder, &mut model, &mut rng)?;
+/// Trains `setup.model` on `train_set`, evaluating on dev each epoch (and every
+/// `eval_every` steps); keeps the best checkpoint in `RUN_DIR/STAGE/`.
+pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, targets: Targets, cfg: &FitSettings) -> Result<ResultRow> {
+    let exp = &ctx.experiment;
+    let stage = cfg.stage;
+    let (model, dev_set, dev_cpu, rng) = (&mut setup.model, &setup.dev_set, &setup.dev_cpu, &mut setup.rng);
+    let vocab = setup.encoder.vocab();
+    let shape = model.shape;
     let num_params = model.num_params();
-    eprintln!("student: {num_params} parameters");
+    eprintln!("{stage}: {num_params} parameters, {} training rows", train_set.len());
 
-    let student_dir = ctx.run_dir.join("student");
+    let student_dir = ctx.run_dir.join(stage);
     std::fs::create_dir_all(&student_dir)?;
     write_atomic(&student_dir.join("vocab.txt"), vocab.to_text().as_bytes())?;
     let checkpoint = student_dir.join("model.safetensors");
-    let mut log = MetricsLog::open(ctx.run_dir.join("metrics.csv"), "student")?;
+    let mut log = MetricsLog::open(ctx.run_dir.join("metrics.csv"), stage)?;
     let mut optimizer = Optimizer::new(OptimizerConfig::new(cfg.optimizer, cfg.lr));
     let trainable: Vec<bool> =
         model.params_mut().iter().enumerate().map(|(i, _)| i > 0 || cfg.train_embeddings).collect();
 
     let steps_per_epoch = train_set.len().div_ceil(cfg.batch_size);
-    let bar = progress_bar((steps_per_epoch * cfg.epochs) as u64, "student");
+    let bar = progress_bar((steps_per_epoch * cfg.epochs) as u64, stage);
     let start = Instant::now();
     let mut train_time = 0f64;
     let mut seen = 0usize;
@@ -84,15 +148,23 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
     for epoch in 1..=cfg.epochs {
         let mut epoch_loss = 0f64;
         let mut epoch_batches = 0usize;
-        for batch in shuffled_batches(train_set.len(), cfg.batch_size, &mut rng) {
+        for batch in shuffled_batches(train_set.len(), cfg.batch_size, rng) {
             let t0 = Instant::now();
             let input = train_set.input(&batch, vocab.unk_id);
             let logits = model.forward_train(&input);
-            let targets = one_hot(&dev_cpu, &batch.iter().map(|&i| train_set.labels[i]).collect::<Vec<_>>(), shape.num_labels);
-            let loss = cross_entropy_with_logits_loss(logits, targets);
+            let labels: Vec<usize> = batch.iter().map(|&i| train_set.labels[i]).collect();
+            let loss = match &targets {
+                Targets::Gold => cross_entropy_with_logits_loss(logits, one_hot(dev_cpu, &labels, shape.num_labels)),
+                Targets::Teacher { logits: teacher, loss } => {
+                    let classes = shape.num_labels;
+                    let rows: Vec<f32> =
+                        batch.iter().flat_map(|&i| teacher[i * classes..(i + 1) * classes].iter().copied()).collect();
+                    distill_loss(logits, &rows, &labels, *loss)
+                }
+            };
             let loss_value = loss.array() as f64;
             if !loss_value.is_finite() {
-                bail!("the training loss became {loss_value} at step {step}; lower student.lr or set student.max_grad_norm");
+                bail!("the training loss became {loss_value} at step {step}; lower {stage}.lr or set {stage}.max_grad_norm");
             }
             let mut grads = loss.backward();
             let mut params = model.params_mut();
@@ -111,10 +183,10 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
             let end_of_epoch = epoch_batches == steps_per_epoch;
             if end_of_epoch || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
                 let train_loss = epoch_loss / epoch_batches as f64;
-                let eval = evaluate(&model, &dev_set, vocab.unk_id, EVAL_BATCH);
+                let eval = evaluate(model, dev_set, vocab.unk_id, EVAL_BATCH);
                 let elapsed = start.elapsed().as_secs_f64();
                 let row = |split: &str, loss: f64, m: Metrics| MetricsRow {
-                    stage: "student".into(),
+                    stage: stage.into(),
                     step,
                     epoch,
                     split: split.into(),
@@ -129,7 +201,7 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
                 log.push(row("dev", eval.loss, eval.metrics))?;
                 let improved = best.as_ref().is_none_or(|(_, m)| eval.metrics.accuracy > m.accuracy);
                 let line = format!(
-                    "epoch {epoch} step {step}: train loss {train_loss:.4}, dev loss {:.4}, dev acc {:.4}, F1 {:.4}{}",
+                    "{stage} epoch {epoch} step {step}: train loss {train_loss:.4}, dev loss {:.4}, dev acc {:.4}, F1 {:.4}{}",
                     eval.loss,
                     eval.metrics.accuracy,
                     eval.metrics.f1,
@@ -145,12 +217,13 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
     }
     bar.finish_and_clear();
     let (best_epoch, dev_metrics) = best.expect("at least one evaluation ran");
-    // Inference speed of the kept model, measured once more now that training is idle.
-    let eval_speed = evaluate(&BiLstmStudent::load(&checkpoint, &dev_cpu)?, &dev_set, vocab.unk_id, EVAL_BATCH).sentences_per_s;
+    // Keep the best weights in the setup, and time inference once more now that training is idle.
+    *model = BiLstmStudent::load(&checkpoint, dev_cpu)?;
+    let eval_speed = evaluate(model, dev_set, vocab.unk_id, EVAL_BATCH).sentences_per_s;
     Ok(ResultRow {
         experiment: exp.name.clone(),
         task: format!("{:?}", exp.task).to_lowercase(),
-        stage: "student".into(),
+        stage: stage.into(),
         params: num_params,
         dev_accuracy: dev_metrics.accuracy,
         dev_precision: dev_metrics.precision,
@@ -167,6 +240,46 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
     })
 }
 
+/// The distillation loss of a batch: `alpha`·CE(gold) + (1 − `alpha`)·`kind`, where `kind`
+/// compares the student's logits with the teacher's (`rows × classes`, row-major).
+pub fn distill_loss<T: Tape<f32, Cpu>>(logits: Matrix<T>, teacher: &[f32], labels: &[usize], spec: LossSpec) -> Tensor<(), f32, Cpu, T> {
+    let dev = logits.device().clone();
+    let shape = *logits.shape();
+    let classes = shape.1;
+    // The gold-label term works on a re-taped copy; the tape with the whole forward pass
+    // stays with `logits` and is merged back by the final sum.
+    let gold = (spec.alpha > 0.0 && spec.kind != DistillLoss::Ce)
+        .then(|| cross_entropy_with_logits_loss(logits.retaped::<T>(), one_hot(&dev, labels, classes)));
+    let soft = match spec.kind {
+        DistillLoss::Ce => return cross_entropy_with_logits_loss(logits, one_hot(&dev, labels, classes)),
+        DistillLoss::Mse => mse_loss(logits, dev.tensor_from_vec(teacher.to_vec(), shape)),
+        DistillLoss::Kl => {
+            let t = spec.temperature;
+            let probs: Vec<f32> = teacher.chunks_exact(classes).flat_map(|row| softmax(row, t)).collect();
+            kl_div_with_logits_loss(logits / t, dev.tensor_from_vec(probs, shape)) * (t * t)
+        }
+    };
+    match gold {
+        None => soft,
+        Some(gold) => soft * (1.0 - spec.alpha) + gold * spec.alpha,
+    }
+}
+
+fn softmax(row: &[f32], temperature: f32) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = row.iter().map(|v| ((v - max) / temperature).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    // Floored so that KL's log never sees an exact 0.
+    e.into_iter().map(|v| (v / sum).max(1e-12)).collect()
+}
+
+/// The loss of the "distill" stage, from `[distill]`.
+#[derive(Debug, Clone, Copy)]
+pub struct LossSpec {
+    pub kind: DistillLoss,
+    pub alpha: f32,
+    pub temperature: f32,
+}
 
 /// Copies pretrained vectors into the embedding; other rows are random with the vectors'
 /// spread, and `[PAD]` is zero.

@@ -5,7 +5,8 @@
 //! LayerNorm), linear warm-up then linear decay to 0, global gradient clipping. Batches are
 //! bucketed by length so that little compute goes to padding.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -15,12 +16,13 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::{load_splits, mean_cross_entropy, one_hot, progress_bar, Evaluation, RunContext};
-use crate::config::{expand_path, TeacherConfig};
+use crate::config::{expand_path, DataConfig, Experiment, TaskName, TeacherConfig};
 use crate::data::{Dataset, Task};
 use crate::metrics::{argmax_rows, Metrics};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
 use crate::optim::{clip_grad_norm, Optimizer};
-use crate::report::{git_commit, unix_now, MetricsLog, MetricsRow, ResultRow};
+use crate::report::{git_commit, unix_now, write_atomic, MetricsLog, MetricsRow, ResultRow};
+use sha2::{Digest, Sha256};
 use crate::tokenize::BertTokenizer;
 
 /// Batches per sorting pool: large enough that batches are nearly uniform in length,
@@ -103,6 +105,7 @@ pub fn teacher_logits(
     batch_size: usize,
 ) -> Result<Vec<f32>> {
     let rows = tokenizer.encode_all(texts)?;
+    TEACHER_INFERENCE_ROWS.fetch_add(rows.len(), Ordering::Relaxed);
     Ok(logits_of_rows(model, &rows, tokenizer.pad_id, batch_size, "teacher inference"))
 }
 
@@ -172,7 +175,15 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
         model.bert.config.hidden_size
     );
 
-    let teacher_dir = ctx.run_dir.join("teacher");
+    let teacher_dir = teacher_dir(exp);
+    if let Some(row) = finished_teacher(&teacher_dir)? {
+        eprintln!(
+            "teacher: reusing {} (dev accuracy {:.4}; same task, data, seed and [teacher] settings)",
+            teacher_dir.display(),
+            row.dev_accuracy
+        );
+        return Ok(ResultRow { experiment: exp.name.clone(), run_dir: ctx.run_dir.display().to_string(), ..row });
+    }
     let mut log = MetricsLog::open(ctx.run_dir.join("metrics.csv"), "teacher")?;
     let mut optimizer = Optimizer::adamw(cfg.lr, cfg.weight_decay);
     let names: Vec<String> = model.params_mut().into_iter().map(|(n, _)| n).collect();
@@ -264,7 +275,7 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
         );
     }
     eprintln!("teacher saved to {} (an HF model dir)", teacher_dir.display());
-    Ok(ResultRow {
+    let row = ResultRow {
         experiment: exp.name.clone(),
         task: format!("{:?}", exp.task).to_lowercase(),
         stage: "teacher".into(),
@@ -281,7 +292,99 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
         git_commit: git_commit(),
         run_dir: ctx.run_dir.display().to_string(),
         finished_at_unix: unix_now(),
-    })
+    };
+    write_atomic(&teacher_dir.join(RESULT_FILE), serde_json::to_string_pretty(&row)?.as_bytes())?;
+    Ok(row)
+}
+
+/// Written into a teacher dir when its training finished; its presence means "reuse me".
+const RESULT_FILE: &str = "distill_result.json";
+
+/// Where an experiment's teacher lives: `OUT_DIR/teachers/TASK-HASH`, the hash taken over
+/// everything that shapes the teacher (task, data, seed, `[teacher]`), so experiments that
+/// differ only in student or distillation settings share one fine-tuned teacher.
+pub fn teacher_dir(exp: &Experiment) -> PathBuf {
+    #[derive(serde::Serialize)]
+    struct TeacherIdentity<'a> {
+        task: TaskName,
+        seed: u64,
+        data: &'a DataConfig,
+        teacher: &'a Option<TeacherConfig>,
+    }
+    let identity = TeacherIdentity { task: exp.task, seed: exp.seed, data: &exp.data, teacher: &exp.teacher };
+    let text = toml::to_string(&identity).expect("serialisable");
+    let hash: String = Sha256::digest(text.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+    expand_path(&exp.out_dir).join("teachers").join(format!("{}-{hash}", format!("{:?}", exp.task).to_lowercase()))
+}
+
+/// The result row of a finished teacher dir, if training finished there.
+fn finished_teacher(dir: &Path) -> Result<Option<ResultRow>> {
+    let path = dir.join(RESULT_FILE);
+    if !path.is_file() || !dir.join("model.safetensors").is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| format!("{}: not a distill result file; delete it to retrain", path.display()))?))
+}
+
+/// Rows run through [`teacher_logits`] in this process (tests check that a cache hit costs none).
+pub static TEACHER_INFERENCE_ROWS: AtomicUsize = AtomicUsize::new(0);
+
+/// Teacher logits for texts (or pairs), computed once per (teacher weights, max length,
+/// texts) and cached in `cache_dir` as safetensors; later calls with the same inputs read
+/// the file.
+pub fn cached_teacher_logits(
+    teacher_dir: &Path,
+    max_seq_len: usize,
+    texts: &[(String, Option<String>)],
+    batch_size: usize,
+    num_labels: usize,
+    cache_dir: &Path,
+) -> Result<Vec<f32>> {
+    let mut hasher = Sha256::new();
+    for file in ["model.safetensors", "config.json"] {
+        let path = teacher_dir.join(file);
+        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read the teacher (distill.teacher)", path.display()))?;
+        hasher.update(Sha256::digest(&bytes));
+    }
+    hasher.update(max_seq_len.to_le_bytes());
+    for (a, b) in texts {
+        hasher.update(a.as_bytes());
+        hasher.update([0u8]);
+        if let Some(b) = b {
+            hasher.update(b.as_bytes());
+        }
+        hasher.update([1u8]);
+    }
+    let key: String = hasher.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let path = cache_dir.join(format!("teacher-logits-{key}.safetensors"));
+    if path.is_file() {
+        let bytes = std::fs::read(&path)?;
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("{}: corrupt cache file; delete it", path.display()))?;
+        let view = tensors.tensor("logits").with_context(|| format!("{}: corrupt cache file; delete it", path.display()))?;
+        if view.shape() == [texts.len(), num_labels] {
+            eprintln!("teacher logits: reusing {} ({} rows)", path.display(), texts.len());
+            return Ok(view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect());
+        }
+    }
+    let dev = Cpu::default();
+    let model = BertForSequenceClassification::load(teacher_dir, num_labels, &dev, &mut StdRng::seed_from_u64(0))?;
+    let tokenizer = BertTokenizer::load(teacher_dir, max_seq_len)?;
+    let refs: Vec<(&str, Option<&str>)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
+    let t0 = Instant::now();
+    let logits = teacher_logits(&model, &tokenizer, &refs, batch_size)?;
+    eprintln!(
+        "teacher logits: {} rows in {:.0} s ({:.0} sentences/s); cached in {}",
+        texts.len(),
+        t0.elapsed().as_secs_f64(),
+        texts.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+        path.display()
+    );
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![texts.len(), num_labels], &bytes)?;
+    let metadata = std::collections::HashMap::from([("teacher".to_string(), teacher_dir.display().to_string())]);
+    write_atomic(&path, &safetensors::serialize([("logits", view)], Some(metadata))?)?;
+    Ok(logits)
 }
 
 fn reload_saved(dir: &Path, cfg: &TeacherConfig, task: &Task, dev: &Cpu) -> Result<(BertForSequenceClassification, BertTokenizer)> {

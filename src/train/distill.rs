@@ -1,0 +1,131 @@
+//! The `distill` stage (the paper's "Distilled Bi-LSTM" row): augment the training set into
+//! a transfer set, get the teacher's logits for it (once; cached by content hash), and train
+//! the student on them with the loss `[distill]` names.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use dfdx::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::student::{fit, FitSettings, LossSpec, StudentSetup, Targets};
+use super::teacher::{cached_teacher_logits, evaluate_teacher, teacher_dir, TeacherSet};
+use super::{evaluate, EncodedSet, RunContext};
+use crate::augment::{join_words, Augmenter};
+use crate::config::expand_path;
+use crate::models::bert::BertForSequenceClassification;
+use crate::report::{write_atomic, ResultRow};
+use crate::tokenize::BertTokenizer;
+
+pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
+    let exp = &ctx.experiment;
+    let cfg = exp.distill.as_ref().context("the distill stage needs a [distill] table")?;
+    let student_cfg = exp.student.as_ref().context("the distill stage needs a [student] table")?;
+
+    let teacher_path = match &cfg.teacher {
+        Some(path) => expand_path(path),
+        None => teacher_dir(exp),
+    };
+    if !teacher_path.join("model.safetensors").is_file() {
+        anyhow::bail!(
+            "{}: no fine-tuned teacher there (distill.teacher); run the \"teacher\" stage first or point distill.teacher at a teacher dir",
+            teacher_path.display()
+        );
+    }
+    let teacher_max_len = exp.teacher.as_ref().map_or(128, |t| t.max_seq_len);
+    let mut setup = StudentSetup::new(exp, cfg.dropout)?;
+    let language = setup.task.language;
+
+    let t0 = Instant::now();
+    let lexicon = exp.augment.pos_lexicon.as_deref().map(expand_path);
+    let augmenter = Augmenter::new(&exp.augment, language, lexicon.as_deref(), &setup.train.examples)?;
+    let transfer = augmenter.transfer_set(&setup.train.examples, exp.seed);
+    let augmented = transfer.iter().filter(|r| r.augmented).count();
+    eprintln!(
+        "transfer set: {} rows = {} originals + {augmented} augmented (n_iter {}, p_mask {}, p_pos {}, p_ng {}) in {:.1} s",
+        transfer.len(),
+        transfer.len() - augmented,
+        exp.augment.n_iter,
+        exp.augment.p_mask,
+        exp.augment.p_pos,
+        exp.augment.p_ng,
+        t0.elapsed().as_secs_f64()
+    );
+
+    let texts: Vec<(String, Option<String>)> = transfer
+        .iter()
+        .map(|r| (join_words(&r.a, language), r.b.as_ref().map(|b| join_words(b, language))))
+        .collect();
+    let cache_dir = expand_path(&exp.out_dir).join("cache");
+    let logits = cached_teacher_logits(
+        &teacher_path,
+        teacher_max_len,
+        &texts,
+        cfg.teacher_batch_size,
+        setup.task.num_labels(),
+        &cache_dir,
+    )?;
+    let train_set = EncodedSet::from_transfer(&transfer, &setup.encoder, language, student_cfg.max_seq_len);
+
+    let settings = FitSettings {
+        stage: "distill",
+        optimizer: cfg.optimizer,
+        lr: cfg.lr,
+        batch_size: cfg.batch_size,
+        epochs: cfg.epochs,
+        eval_every: cfg.eval_every,
+        max_grad_norm: cfg.max_grad_norm,
+        train_embeddings: student_cfg.train_embeddings,
+    };
+    let loss = LossSpec { kind: cfg.loss, alpha: cfg.alpha as f32, temperature: cfg.temperature as f32 };
+    let row = fit(ctx, &mut setup, &train_set, Targets::Teacher { logits: &logits, loss }, &settings)?;
+
+    // Size and speed of teacher and student on the same dev set, side by side.
+    let dev = Cpu::default();
+    let mut teacher = BertForSequenceClassification::load(&teacher_path, setup.task.num_labels(), &dev, &mut StdRng::seed_from_u64(0))?;
+    let tokenizer = BertTokenizer::load(&teacher_path, teacher_max_len)?;
+    let (_, dev_split) = super::load_splits(exp, &setup.task)?;
+    let teacher_eval = evaluate_teacher(&teacher, &TeacherSet::new(&dev_split, &tokenizer)?, tokenizer.pad_id, cfg.teacher_batch_size);
+    let student_eval = evaluate(&setup.model, &setup.dev_set, setup.encoder.vocab().unk_id, 256);
+    let summary = DistillSummary {
+        teacher_params: teacher.num_params(),
+        student_params: row.params,
+        params_ratio: teacher.num_params() as f64 / row.params as f64,
+        teacher_dev_accuracy: teacher_eval.metrics.accuracy,
+        student_dev_accuracy: row.dev_accuracy,
+        teacher_dev_sentences_per_s: teacher_eval.sentences_per_s,
+        student_dev_sentences_per_s: student_eval.sentences_per_s,
+        speedup: student_eval.sentences_per_s / teacher_eval.sentences_per_s,
+        transfer_rows: transfer.len(),
+        n_iter: exp.augment.n_iter,
+    };
+    eprintln!(
+        "teacher {} parameters, {:.0} dev sentences/s; student {} parameters, {:.0} dev sentences/s: {:.1}× smaller, {:.1}× faster",
+        summary.teacher_params,
+        summary.teacher_dev_sentences_per_s,
+        summary.student_params,
+        summary.student_dev_sentences_per_s,
+        summary.params_ratio,
+        summary.speedup
+    );
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.serialize(&summary)?;
+    write_atomic(&ctx.run_dir.join("distill/summary.csv"), &writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?;
+    Ok(row)
+}
+
+/// `RUN_DIR/distill/summary.csv`: teacher and student side by side.
+#[derive(Debug, serde::Serialize)]
+struct DistillSummary {
+    teacher_params: usize,
+    student_params: usize,
+    params_ratio: f64,
+    teacher_dev_accuracy: f64,
+    student_dev_accuracy: f64,
+    teacher_dev_sentences_per_s: f64,
+    student_dev_sentences_per_s: f64,
+    speedup: f64,
+    transfer_rows: usize,
+    n_iter: usize,
+}
