@@ -84,7 +84,7 @@ pub fn load_splits(exp: &Experiment, task: &Task) -> Result<(Dataset, Dataset)> 
 }
 
 /// A split turned into student token ids.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EncodedSet {
     pub a: Vec<Vec<u32>>,
     pub b: Option<Vec<Vec<u32>>>,
@@ -198,8 +198,48 @@ pub fn mean_cross_entropy(logits: &[f32], labels: &[usize], classes: usize) -> f
     total / labels.len().max(1) as f64
 }
 
-/// A progress bar with rate and ETA (hidden when stderr is not a terminal).
-pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
+/// Progress with rate and ETA: a bar on a terminal; elsewhere (logs, `nohup`, CI) a plain
+/// line at most every 30 s, so long runs still show where they are.
+pub struct Progress {
+    bar: ProgressBar,
+    plain: Option<std::sync::Mutex<PlainProgress>>,
+}
+
+struct PlainProgress {
+    what: String,
+    len: u64,
+    pos: u64,
+    start: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+        if let Some(plain) = &self.plain {
+            let mut p = plain.lock().unwrap_or_else(|e| e.into_inner());
+            p.pos += n;
+            if p.last.elapsed().as_secs() >= 30 && p.pos < p.len {
+                p.last = Instant::now();
+                let elapsed = p.start.elapsed().as_secs_f64();
+                let rate = p.pos as f64 / elapsed.max(1e-9);
+                let eta = (p.len - p.pos) as f64 / rate.max(1e-9);
+                eprintln!("{}: {}/{} ({:.1}/s, {:.0} s elapsed, ETA {:.0} s)", p.what, p.pos, p.len, rate, elapsed, eta);
+            }
+        }
+    }
+
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
+    }
+
+    pub fn finish_and_clear(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+pub fn progress_bar(len: u64, what: &str) -> Progress {
+    use std::io::IsTerminal;
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
@@ -207,7 +247,10 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
             .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
-    bar
+    let plain = (!std::io::stderr().is_terminal()).then(|| {
+        std::sync::Mutex::new(PlainProgress { what: what.to_string(), len, pos: 0, start: Instant::now(), last: Instant::now() })
+    });
+    Progress { bar, plain }
 }
 
 /// One-hot targets `[rows, classes]` for `cross_entropy_with_logits_loss`.

@@ -114,7 +114,7 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
         max_grad_norm: cfg.max_grad_norm,
         train_embeddings: cfg.train_embeddings,
     };
-    let train_set = std::mem::replace(&mut setup.train_set, EncodedSet { a: vec![], b: None, labels: vec![] });
+    let train_set = std::mem::take(&mut setup.train_set);
     fit(ctx, &mut setup, &train_set, Targets::Gold, &settings)
 }
 
