@@ -39,7 +39,18 @@ impl Cli {
                 let mut failed = 0;
                 for file in &files {
                     match Experiment::load(file, &[]) {
-                        Ok(exp) => println!("{}: ok ({}, stages {:?})", file.display(), exp.name, exp.stages),
+                        Ok(exp) => {
+                            println!("{}: ok ({}, stages {:?})", file.display(), exp.name, exp.stages);
+                            if exp.teacher.is_some() {
+                                let dir = crate::train::teacher::teacher_dir(&exp);
+                                let state = if crate::train::teacher::finished_teacher(&dir).ok().flatten().is_some() {
+                                    "fine-tuned, will be reused"
+                                } else {
+                                    "not trained yet"
+                                };
+                                println!("  teacher: {} ({state})", dir.display());
+                            }
+                        }
                         Err(e) => {
                             println!("{e}");
                             failed += 1;

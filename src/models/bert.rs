@@ -6,8 +6,8 @@
 //! self-attention → residual + LayerNorm → GELU feed-forward → residual + LayerNorm) →
 //! last hidden state; the pooler is tanh(dense([CLS])).
 //!
-//! Activations are kept 2-D (`[batch·seq, hidden]`) around the linear layers: dfdx's GEMM is
-//! much faster on one flat product than on a batch of small ones.
+//! Activations are kept 2-D (`[batch·seq, hidden]`); the heavy steps (Linear, attention,
+//! LayerNorm with its residual, GELU) are fused tape nodes from `layers.rs` and `attention.rs`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -187,6 +187,15 @@ impl BertInput {
     pub fn batch(&self) -> usize {
         self.lengths.len()
     }
+
+    /// The additive attention mask `[batch, seq]`: 0 on real tokens, -1e9 on padding.
+    pub fn additive_mask(&self) -> Vec<f32> {
+        let mut m = vec![0f32; self.batch() * self.seq];
+        for (b, &len) in self.lengths.iter().enumerate() {
+            m[b * self.seq + len..(b + 1) * self.seq].fill(-1e9);
+        }
+        m
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -347,18 +356,9 @@ impl BertModel {
         Ok(BertModel { config, embeddings, encoder_layers, pooler })
     }
 
-    /// The additive attention mask `[batch, seq]`: 0 on real tokens, -1e9 on padding.
-    fn mask(&self, input: &BertInput) -> Vec<f32> {
-        let mut m = vec![0f32; input.batch() * input.seq];
-        for (b, &len) in input.lengths.iter().enumerate() {
-            m[b * input.seq + len..(b + 1) * input.seq].fill(-1e9);
-        }
-        m
-    }
-
     /// Last hidden state `[batch·seq, hidden]`; the tape starts at `word_embeddings`.
     pub fn forward<T: Tape<f32, Cpu>>(&self, word_embeddings: Matrix<T>, input: &BertInput, dropout: Dropout) -> Matrix<T> {
-        let mask = self.mask(input);
+        let mask = input.additive_mask();
         let mut x = self.embeddings.forward(word_embeddings, input, dropout.hidden);
         for layer in &self.encoder_layers {
             x = layer.forward(x, &mask, (input.batch(), input.seq), dropout);

@@ -318,7 +318,7 @@ pub fn teacher_dir(exp: &Experiment) -> PathBuf {
 }
 
 /// The result row of a finished teacher dir, if training finished there.
-fn finished_teacher(dir: &Path) -> Result<Option<ResultRow>> {
+pub fn finished_teacher(dir: &Path) -> Result<Option<ResultRow>> {
     let path = dir.join(RESULT_FILE);
     if !path.is_file() || !dir.join("model.safetensors").is_file() {
         return Ok(None);
