@@ -78,6 +78,35 @@ impl MetricsLog {
         write_atomic(&self.path, &csv_bytes(&self.rows)?)
     }
 
+    /// Logs one evaluation as two rows: the mean training loss since the epoch began, and
+    /// the dev loss and metrics.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_evaluation(
+        &mut self,
+        stage: &str,
+        step: usize,
+        epoch: usize,
+        train_loss: f64,
+        dev_loss: f64,
+        dev: Metrics,
+        elapsed_s: f64,
+    ) -> Result<()> {
+        let row = |split: &str, loss: f64, m: Metrics| MetricsRow {
+            stage: stage.into(),
+            step,
+            epoch,
+            split: split.into(),
+            loss,
+            accuracy: m.accuracy,
+            precision: m.precision,
+            recall: m.recall,
+            f1: m.f1,
+            elapsed_s,
+        };
+        self.rows.push(row("train", train_loss, Metrics::default()));
+        self.push(row("dev", dev_loss, dev))
+    }
+
     pub fn rows(&self) -> &[MetricsRow] {
         &self.rows
     }

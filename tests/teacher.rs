@@ -66,14 +66,17 @@ fn load(dir: &Path, labels: usize) -> BertForSequenceClassification {
 }
 
 /// Rows of different lengths (padding is masked) and a pair (token types 1).
-fn batch() -> (BertInput, Vec<usize>) {
-    let rows = vec![
+fn rows() -> Vec<(Vec<u32>, Vec<u32>)> {
+    vec![
         (vec![2, 5, 7, 3], vec![0, 0, 0, 0]),
         (vec![2, 10, 5, 9, 7, 11, 3], vec![0; 7]),
         (vec![2, 6, 3, 8, 7, 3], vec![0, 0, 0, 1, 1, 1]),
         (vec![2, 3], vec![0, 0]),
-    ];
-    (BertInput::new(&rows, 0), vec![1, 0, 1, 0])
+    ]
+}
+
+fn batch() -> (BertInput, Vec<usize>) {
+    (BertInput::new(&rows(), 0), vec![1, 0, 1, 0])
 }
 
 #[test]
@@ -127,13 +130,7 @@ fn padding_and_batching_do_not_change_logits() {
     let model = load(dir.path(), 3);
     let (input, _) = batch();
     let all = model.predict_logits(&input);
-    let rows = vec![
-        (vec![2, 5, 7, 3], vec![0, 0, 0, 0]),
-        (vec![2, 10, 5, 9, 7, 11, 3], vec![0; 7]),
-        (vec![2, 6, 3, 8, 7, 3], vec![0, 0, 0, 1, 1, 1]),
-        (vec![2, 3], vec![0, 0]),
-    ];
-    for (r, row) in rows.iter().enumerate() {
+    for (r, row) in rows().iter().enumerate() {
         let alone = model.predict_logits(&BertInput::new(std::slice::from_ref(row), 0));
         for c in 0..3 {
             assert!((alone[c] - all[r * 3 + c]).abs() < 1e-5, "row {r}: {alone:?} vs {:?}", &all[r * 3..r * 3 + 3]);

@@ -16,7 +16,7 @@ use crate::embeddings::load_pretrained;
 use crate::metrics::Metrics;
 use crate::models::bilstm::{BiLstmStudent, StudentShape};
 use crate::optim::{clip_grad_norm, Optimizer, OptimizerConfig};
-use crate::report::{git_commit, unix_now, write_atomic, MetricsLog, MetricsRow, ResultRow};
+use crate::report::{git_commit, unix_now, write_atomic, MetricsLog, ResultRow};
 use crate::tokenize::TextEncoder;
 
 /// Eval batches are larger than training ones: no activations are kept.
@@ -185,20 +185,7 @@ pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, t
                 let train_loss = epoch_loss / epoch_batches as f64;
                 let eval = evaluate(model, dev_set, vocab.unk_id, EVAL_BATCH);
                 let elapsed = start.elapsed().as_secs_f64();
-                let row = |split: &str, loss: f64, m: Metrics| MetricsRow {
-                    stage: stage.into(),
-                    step,
-                    epoch,
-                    split: split.into(),
-                    loss,
-                    accuracy: m.accuracy,
-                    precision: m.precision,
-                    recall: m.recall,
-                    f1: m.f1,
-                    elapsed_s: elapsed,
-                };
-                log.push(row("train", train_loss, Default::default()))?;
-                log.push(row("dev", eval.loss, eval.metrics))?;
+                log.push_evaluation(stage, step, epoch, train_loss, eval.loss, eval.metrics, elapsed)?;
                 let improved = best.as_ref().is_none_or(|(_, m)| eval.metrics.accuracy > m.accuracy);
                 let line = format!(
                     "{stage} epoch {epoch} step {step}: train loss {train_loss:.4}, dev loss {:.4}, dev acc {:.4}, F1 {:.4}{}",

@@ -21,7 +21,7 @@ use crate::data::{Dataset, Task};
 use crate::metrics::{argmax_rows, Metrics};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
 use crate::optim::{clip_grad_norm, Optimizer};
-use crate::report::{git_commit, unix_now, write_atomic, MetricsLog, MetricsRow, ResultRow};
+use crate::report::{git_commit, unix_now, write_atomic, MetricsLog, ResultRow};
 use sha2::{Digest, Sha256};
 use crate::tokenize::BertTokenizer;
 
@@ -157,6 +157,15 @@ pub fn load_teacher(cfg: &TeacherConfig, task: &Task, dev: &Cpu, rng: &mut StdRn
 pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
     let exp = &ctx.experiment;
     let cfg = exp.teacher.as_ref().context("the teacher stage needs a [teacher] table")?;
+    let teacher_dir = teacher_dir(exp);
+    if let Some(row) = finished_teacher(&teacher_dir)? {
+        eprintln!(
+            "teacher: reusing {} (dev accuracy {:.4}; same task, data, seed and [teacher] settings)",
+            teacher_dir.display(),
+            row.dev_accuracy
+        );
+        return Ok(ResultRow { experiment: exp.name.clone(), run_dir: ctx.run_dir.display().to_string(), ..row });
+    }
     let task = Task::new(exp.task, exp.data.columns.as_ref());
     let (train, dev) = load_splits(exp, &task)?;
     eprintln!("data: {} train, {} dev examples ({:?})", train.examples.len(), dev.examples.len(), task.name);
@@ -175,15 +184,6 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
         model.bert.config.hidden_size
     );
 
-    let teacher_dir = teacher_dir(exp);
-    if let Some(row) = finished_teacher(&teacher_dir)? {
-        eprintln!(
-            "teacher: reusing {} (dev accuracy {:.4}; same task, data, seed and [teacher] settings)",
-            teacher_dir.display(),
-            row.dev_accuracy
-        );
-        return Ok(ResultRow { experiment: exp.name.clone(), run_dir: ctx.run_dir.display().to_string(), ..row });
-    }
     let mut log = MetricsLog::open(ctx.run_dir.join("metrics.csv"), "teacher")?;
     let mut optimizer = Optimizer::adamw(cfg.lr, cfg.weight_decay);
     let names: Vec<String> = model.params_mut().into_iter().map(|(n, _)| n).collect();
@@ -230,20 +230,7 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
                 let train_loss = epoch_loss / epoch_batches as f64;
                 let eval = bar.suspend(|| evaluate_teacher(&model, &dev_set, tokenizer.pad_id, cfg.eval_batch_size));
                 let elapsed = start.elapsed().as_secs_f64();
-                let row = |split: &str, loss: f64, m: Metrics| MetricsRow {
-                    stage: "teacher".into(),
-                    step,
-                    epoch,
-                    split: split.into(),
-                    loss,
-                    accuracy: m.accuracy,
-                    precision: m.precision,
-                    recall: m.recall,
-                    f1: m.f1,
-                    elapsed_s: elapsed,
-                };
-                log.push(row("train", train_loss, Default::default()))?;
-                log.push(row("dev", eval.loss, eval.metrics))?;
+                log.push_evaluation("teacher", step, epoch, train_loss, eval.loss, eval.metrics, elapsed)?;
                 let improved = best.as_ref().is_none_or(|(_, m)| eval.metrics.accuracy > m.accuracy);
                 let line = format!(
                     "teacher epoch {epoch} step {step}/{total_steps}: train loss {train_loss:.4}, dev loss {:.4}, dev acc {:.4}, F1 {:.4}{}{}",
