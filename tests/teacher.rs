@@ -5,7 +5,7 @@ use std::path::Path;
 
 use dfdx::prelude::*;
 use distill::data::Task;
-use distill::models::bert::{BertForSequenceClassification, BertInput};
+use distill::models::bert::{BertForSequenceClassification, BertInput, Dropout};
 use distill::train::mean_cross_entropy;
 use distill::train::teacher::{bucketed_batches, warmup_linear_lr};
 use rand::rngs::StdRng;
@@ -130,6 +130,9 @@ fn padding_and_batching_do_not_change_logits() {
     let model = load(dir.path(), 3);
     let (input, _) = batch();
     let all = model.predict_logits(&input);
+    // The tape-free inference path computes what the training graph computes.
+    let graph = model.forward(model.bert.embeddings.word_embeddings.clone(), &input, Dropout::NONE).as_vec();
+    assert!(all.iter().zip(&graph).all(|(a, b)| (a - b).abs() < 1e-5), "{all:?} vs {graph:?}");
     for (r, row) in rows().iter().enumerate() {
         let alone = model.predict_logits(&BertInput::new(std::slice::from_ref(row), 0));
         for c in 0..3 {

@@ -73,58 +73,19 @@ pub fn attention<T: Tape<f32, Cpu> + Merge<T>>(
     let mut tape = tape_q.merge(tape_k).merge(tape_v);
     let dev = q.device().clone();
     let (qs, ks, vs) = (super::layers::contiguous_values(&q), super::layers::contiguous_values(&k), super::layers::contiguous_values(&v));
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let block = seq * seq;
     // Dropout keeps a probability with chance 1 − p and scales it by 1/(1 − p).
     let keep_scale: Option<Vec<f32>> = (dropout > 0.0).then(|| {
-        let uniform: Vec<f32> = dev.sample_uniform_like(&(batch * heads * block,)).as_vec();
+        let uniform: Vec<f32> = dev.sample_uniform_like(&(batch * heads * seq * seq,)).as_vec();
         uniform.into_iter().map(|u| if u < dropout { 0.0 } else { 1.0 / (1.0 - dropout) }).collect()
     });
-
-    // Per (example, head): probabilities [seq, seq] and context [seq, head_dim].
-    let results: Vec<(Vec<f32>, Vec<f32>)> = (0..batch * heads)
-        .into_par_iter()
-        .map(|task| {
-            let (b, h) = (task / heads, task % heads);
-            let (qh, kh, vh) = (shape.gather_head(&qs, b, h), shape.gather_head(&ks, b, h), shape.gather_head(&vs, b, h));
-            let mut probs = vec![0f32; block];
-            matmul(&mut probs, MatRef::new(&qh, seq, head_dim), MatRef::new(&kh, seq, head_dim).t(), false, 1);
-            let row_mask = &mask[b * seq..(b + 1) * seq];
-            for row in probs.chunks_exact_mut(seq) {
-                let mut max = f32::NEG_INFINITY;
-                for (x, m) in row.iter_mut().zip(row_mask) {
-                    *x = *x * scale + m;
-                    max = max.max(*x);
-                }
-                let mut sum = 0f32;
-                for x in row.iter_mut() {
-                    *x = exp_fast(*x - max);
-                    sum += *x;
-                }
-                row.iter_mut().for_each(|x| *x /= sum);
-            }
-            let mut context = vec![0f32; seq * head_dim];
-            match &keep_scale {
-                Some(keep) => {
-                    let dropped: Vec<f32> =
-                        probs.iter().zip(&keep[task * block..(task + 1) * block]).map(|(p, s)| p * s).collect();
-                    matmul(&mut context, MatRef::new(&dropped, seq, seq), MatRef::new(&vh, seq, head_dim), false, 1);
-                }
-                None => matmul(&mut context, MatRef::new(&probs, seq, seq), MatRef::new(&vh, seq, head_dim), false, 1),
-            }
-            (probs, context)
-        })
-        .collect();
-    let mut out = vec![0f32; batch * seq * hidden];
-    for (task, (_, context)) in results.iter().enumerate() {
-        shape.scatter_head(&mut out, context, task / heads, task % heads, false);
-    }
+    let (out, probs) = attention_values(&qs, &ks, &vs, mask, shape, keep_scale.as_deref());
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let block = seq * seq;
     let out = dev.tensor_from_vec(out, (batch * seq, hidden));
     if !T::OWNS_TAPE {
         return out.put_tape(tape);
     }
 
-    let probs: Vec<Vec<f32>> = results.into_iter().map(|(p, _)| p).collect();
     let (q_ghost, k_ghost, v_ghost, out_ghost) = (q.ghost(), k.ghost(), v.ghost(), out.ghost());
     tape.add_backward_op(move |grads| {
         let d_out = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
@@ -174,4 +135,61 @@ pub fn attention<T: Tape<f32, Cpu> + Merge<T>>(
         Ok(())
     });
     out.put_tape(tape)
+}
+
+/// The forward pass on plain values: context `[batch·seq, hidden]` and each (example, head)'s
+/// attention probabilities (before dropout). `keep_scale` (`[batch·heads·seq·seq]`) is the
+/// dropout mask, already scaled; `None` at inference.
+pub fn attention_values(
+    qs: &[f32],
+    ks: &[f32],
+    vs: &[f32],
+    mask: &[f32],
+    shape: AttentionShape,
+    keep_scale: Option<&[f32]>,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let AttentionShape { batch, seq, heads, head_dim } = shape;
+    let hidden = shape.hidden();
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let block = seq * seq;
+
+    // Per (example, head): probabilities [seq, seq] and context [seq, head_dim].
+    let results: Vec<(Vec<f32>, Vec<f32>)> = (0..batch * heads)
+        .into_par_iter()
+        .map(|task| {
+            let (b, h) = (task / heads, task % heads);
+            let (qh, kh, vh) = (shape.gather_head(&qs, b, h), shape.gather_head(&ks, b, h), shape.gather_head(&vs, b, h));
+            let mut probs = vec![0f32; block];
+            matmul(&mut probs, MatRef::new(&qh, seq, head_dim), MatRef::new(&kh, seq, head_dim).t(), false, 1);
+            let row_mask = &mask[b * seq..(b + 1) * seq];
+            for row in probs.chunks_exact_mut(seq) {
+                let mut max = f32::NEG_INFINITY;
+                for (x, m) in row.iter_mut().zip(row_mask) {
+                    *x = *x * scale + m;
+                    max = max.max(*x);
+                }
+                let mut sum = 0f32;
+                for x in row.iter_mut() {
+                    *x = exp_fast(*x - max);
+                    sum += *x;
+                }
+                row.iter_mut().for_each(|x| *x /= sum);
+            }
+            let mut context = vec![0f32; seq * head_dim];
+            match keep_scale {
+                Some(keep) => {
+                    let dropped: Vec<f32> =
+                        probs.iter().zip(&keep[task * block..(task + 1) * block]).map(|(p, s)| p * s).collect();
+                    matmul(&mut context, MatRef::new(&dropped, seq, seq), MatRef::new(&vh, seq, head_dim), false, 1);
+                }
+                None => matmul(&mut context, MatRef::new(&probs, seq, seq), MatRef::new(&vh, seq, head_dim), false, 1),
+            }
+            (probs, context)
+        })
+        .collect();
+    let mut out = vec![0f32; batch * seq * hidden];
+    for (task, (_, context)) in results.iter().enumerate() {
+        shape.scatter_head(&mut out, context, task / heads, task % heads, false);
+    }
+    (out, results.into_iter().map(|(p, _)| p).collect())
 }

@@ -26,6 +26,15 @@ impl Linear {
         }
     }
 
+    /// `x · weightᵀ + bias` on plain values (`rows × in` → `rows × out`), for tape-free inference.
+    pub fn apply(&self, xs: &[f32], rows: usize) -> Vec<f32> {
+        let (outputs, inputs) = *self.weight.shape();
+        let w = contiguous_values(&self.weight);
+        let mut out = self.bias.as_vec().repeat(rows);
+        matmul(&mut out, MatRef::new(xs, rows, inputs), MatRef::new(&w, outputs, inputs).t(), true, rayon::current_num_threads());
+        out
+    }
+
     /// One tape node with a hand-written backward: the GEMMs go to `gemm` 0.19 (AVX-512 where
     /// the CPU has it, all rayon threads), about twice as fast as dfdx's own matmul here.
     pub fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>) -> Matrix<T> {
@@ -35,13 +44,12 @@ impl Linear {
         let threads = rayon::current_num_threads();
         let (x, mut tape) = x.split_tape();
         let xs = contiguous_values(&x);
-        let w = contiguous_values(&self.weight);
-        let mut out = self.bias.as_vec().repeat(rows);
-        matmul(&mut out, MatRef::new(&xs, rows, inputs), MatRef::new(&w, outputs, inputs).t(), true, threads);
+        let out = self.apply(&xs, rows);
         let out = x.device().tensor_from_vec(out, (rows, outputs));
         if !T::OWNS_TAPE {
             return out.put_tape(tape);
         }
+        let w = contiguous_values(&self.weight);
         let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
         let (weight, bias) = (self.weight.clone(), self.bias.clone());
         tape.add_backward_op(move |grads| {
@@ -111,17 +119,15 @@ impl LayerNorm {
         self.forward_values(&a, sum, tape_a.merge(tape_b), inputs)
     }
 
-    /// Normalises `xs` (the values of a `[rows, dim]` input) and records a backward op that
-    /// adds the input gradient to each of `inputs` (tensors share storage: cloning is cheap).
-    fn forward_values<T: Tape<f32, Cpu>>(
-        &self,
-        like: &Matrix,
-        xs: Vec<f32>,
-        mut tape: T,
-        inputs: Vec<Matrix>,
-    ) -> Matrix<T> {
+    /// `LayerNorm` of plain values (`rows × dim`), for tape-free inference.
+    pub fn apply(&self, xs: &[f32], dim: usize) -> Vec<f32> {
+        self.normalize(xs, dim).2
+    }
+
+    /// (x̂, 1/σ per row, γ·x̂ + β) of `rows × dim` values, rows in parallel.
+    fn normalize(&self, xs: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         use rayon::prelude::*;
-        let (rows, dim) = *like.shape();
+        let rows = xs.len() / dim;
         let (gamma, beta) = (self.weight.as_vec(), self.bias.as_vec());
         let eps = self.eps as f32;
         let mut normed = vec![0f32; rows * dim];
@@ -141,6 +147,22 @@ impl LayerNorm {
                     o[j] = n[j] * gamma[j] + beta[j];
                 }
             });
+        (normed, inv_std, out)
+    }
+
+    /// Normalises `xs` (the values of a `[rows, dim]` input) and records a backward op that
+    /// adds the input gradient to each of `inputs` (tensors share storage: cloning is cheap).
+    fn forward_values<T: Tape<f32, Cpu>>(
+        &self,
+        like: &Matrix,
+        xs: Vec<f32>,
+        mut tape: T,
+        inputs: Vec<Matrix>,
+    ) -> Matrix<T> {
+        use rayon::prelude::*;
+        let (rows, dim) = *like.shape();
+        let gamma = self.weight.as_vec();
+        let (normed, inv_std, out) = self.normalize(&xs, dim);
         let out = like.device().tensor_from_vec(out, (rows, dim));
         if !T::OWNS_TAPE {
             return out.put_tape(tape);
@@ -267,9 +289,7 @@ pub fn gelu<T: Tape<f32, Cpu>>(x: Matrix<T>) -> Matrix<T> {
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
     let xs = contiguous_values(&x);
-    let mut out = vec![0f32; xs.len()];
-    out.par_chunks_mut(GELU_CHUNK).zip(xs.par_chunks(GELU_CHUNK)).for_each(|(o, v)| gelu_forward_kernel(v, o));
-    let out = x.device().tensor_from_vec(out, shape);
+    let out = x.device().tensor_from_vec(gelu_values(&xs), shape);
     if !T::OWNS_TAPE {
         return out.put_tape(tape);
     }
@@ -287,6 +307,14 @@ pub fn gelu<T: Tape<f32, Cpu>>(x: Matrix<T>) -> Matrix<T> {
 }
 
 const GELU_CHUNK: usize = 1 << 14;
+
+/// Exact GELU of plain values, in parallel.
+pub fn gelu_values(xs: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; xs.len()];
+    out.par_chunks_mut(GELU_CHUNK).zip(xs.par_chunks(GELU_CHUNK)).for_each(|(o, v)| gelu_forward_kernel(v, o));
+    out
+}
 
 #[inline(always)]
 fn gelu_forward_generic(x: &[f32], out: &mut [f32]) {
