@@ -158,7 +158,7 @@ pub fn attention_values(
         .into_par_iter()
         .map(|task| {
             let (b, h) = (task / heads, task % heads);
-            let (qh, kh, vh) = (shape.gather_head(&qs, b, h), shape.gather_head(&ks, b, h), shape.gather_head(&vs, b, h));
+            let (qh, kh, vh) = (shape.gather_head(qs, b, h), shape.gather_head(ks, b, h), shape.gather_head(vs, b, h));
             let mut probs = vec![0f32; block];
             matmul(&mut probs, MatRef::new(&qh, seq, head_dim), MatRef::new(&kh, seq, head_dim).t(), false, 1);
             let row_mask = &mask[b * seq..(b + 1) * seq];
