@@ -10,18 +10,17 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use dfdx::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::seq::SliceRandom;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
 
 use crate::config::{expand_path, Experiment, Stage};
-use crate::data::{load_split, Dataset, LoadOptions, Task};
+use crate::augment::{join_words, TransferExample};
+use crate::data::{load_split, Dataset, Language, LoadOptions, Task};
 use crate::metrics::{argmax_rows, Metrics};
 use crate::models::bilstm::{BiLstmStudent, StudentInput, TokenBatch};
 use crate::report::{append_result, write_atomic, ResultRow};
-use crate::augment::{join_words, TransferExample};
-use crate::data::Language;
 use crate::tokenize::TextEncoder;
-use rayon::prelude::*;
 
 /// A run's folder and identity.
 pub struct RunContext {
