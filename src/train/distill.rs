@@ -85,8 +85,7 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
     let dev = Cpu::default();
     let mut teacher = BertForSequenceClassification::load(&teacher_path, setup.task.num_labels(), &dev, &mut StdRng::seed_from_u64(0))?;
     let tokenizer = BertTokenizer::load(&teacher_path, teacher_max_len)?;
-    let (_, dev_split) = super::load_splits(exp, &setup.task)?;
-    let teacher_eval = evaluate_teacher(&teacher, &TeacherSet::new(&dev_split, &tokenizer)?, tokenizer.pad_id, cfg.teacher_batch_size);
+    let teacher_eval = evaluate_teacher(&teacher, &TeacherSet::new(&setup.dev, &tokenizer)?, tokenizer.pad_id, cfg.teacher_batch_size);
     let student_eval = evaluate(&setup.model, &setup.dev_set, setup.encoder.vocab().unk_id, 256);
     let summary = DistillSummary {
         teacher_params: teacher.num_params(),

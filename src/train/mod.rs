@@ -19,7 +19,7 @@ use crate::augment::{join_words, TransferExample};
 use crate::data::{load_split, Dataset, Language, LoadOptions, Task};
 use crate::metrics::{argmax_rows, Metrics};
 use crate::models::bilstm::{BiLstmStudent, StudentInput, TokenBatch};
-use crate::report::{append_result, write_atomic, ResultRow};
+use crate::report::{append_result, git_commit, unix_now, write_atomic, ResultRow};
 use crate::tokenize::TextEncoder;
 
 /// A run's folder and identity.
@@ -39,6 +39,40 @@ impl RunContext {
         std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
         write_atomic(&run_dir.join("config.toml"), experiment.to_toml().as_bytes())?;
         Ok(RunContext { experiment, config_hash, results_csv: out_dir.join("results.csv"), run_dir })
+    }
+}
+
+impl RunContext {
+    /// The `results.csv` row of a finished stage of this run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn result_row(
+        &self,
+        stage: &str,
+        params: usize,
+        best_epoch: usize,
+        dev: Metrics,
+        train_time_s: f64,
+        sentences_seen: usize,
+        eval_sentences_per_s: f64,
+    ) -> ResultRow {
+        ResultRow {
+            experiment: self.experiment.name.clone(),
+            task: format!("{:?}", self.experiment.task).to_lowercase(),
+            stage: stage.into(),
+            params,
+            dev_accuracy: dev.accuracy,
+            dev_precision: dev.precision,
+            dev_recall: dev.recall,
+            dev_f1: dev.f1,
+            best_epoch,
+            train_time_s,
+            train_sentences_per_s: sentences_seen as f64 / train_time_s.max(1e-9),
+            eval_sentences_per_s,
+            config_hash: self.config_hash.clone(),
+            git_commit: git_commit(),
+            run_dir: self.run_dir.display().to_string(),
+            finished_at_unix: unix_now(),
+        }
     }
 }
 

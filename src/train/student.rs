@@ -16,7 +16,7 @@ use crate::embeddings::load_pretrained;
 use crate::metrics::Metrics;
 use crate::models::bilstm::{BiLstmStudent, StudentShape};
 use crate::optim::{clip_grad_norm, Optimizer, OptimizerConfig};
-use crate::report::{git_commit, unix_now, write_atomic, MetricsLog, ResultRow};
+use crate::report::{write_atomic, MetricsLog, ResultRow};
 use crate::tokenize::TextEncoder;
 
 /// Eval batches are larger than training ones: no activations are kept.
@@ -27,6 +27,7 @@ const EVAL_BATCH: usize = 256;
 pub struct StudentSetup {
     pub task: Task,
     pub train: Dataset,
+    pub dev: Dataset,
     pub encoder: TextEncoder,
     pub train_set: EncodedSet,
     pub dev_set: EncodedSet,
@@ -76,7 +77,7 @@ impl StudentSetup {
         };
         let mut model = BiLstmStudent::new(shape, dropout as f32, &dev_cpu, &mut rng);
         init_embeddings(exp, &encoder, &mut model, &mut rng)?;
-        Ok(StudentSetup { task, train, encoder, train_set, dev_set, model, dev_cpu, rng })
+        Ok(StudentSetup { task, train, dev, encoder, train_set, dev_set, model, dev_cpu, rng })
     }
 }
 
@@ -121,7 +122,6 @@ pub fn train_student(ctx: &RunContext) -> Result<ResultRow> {
 /// Trains `setup.model` on `train_set`, evaluating on dev each epoch (and every
 /// `eval_every` steps); keeps the best checkpoint in `RUN_DIR/STAGE/`.
 pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, targets: Targets, cfg: &FitSettings) -> Result<ResultRow> {
-    let exp = &ctx.experiment;
     let stage = cfg.stage;
     let (model, dev_set, dev_cpu, rng) = (&mut setup.model, &setup.dev_set, &setup.dev_cpu, &mut setup.rng);
     let vocab = setup.encoder.vocab();
@@ -207,24 +207,7 @@ pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, t
     // Keep the best weights in the setup, and time inference once more now that training is idle.
     *model = BiLstmStudent::load(&checkpoint, dev_cpu)?;
     let eval_speed = evaluate(model, dev_set, vocab.unk_id, EVAL_BATCH).sentences_per_s;
-    Ok(ResultRow {
-        experiment: exp.name.clone(),
-        task: format!("{:?}", exp.task).to_lowercase(),
-        stage: stage.into(),
-        params: num_params,
-        dev_accuracy: dev_metrics.accuracy,
-        dev_precision: dev_metrics.precision,
-        dev_recall: dev_metrics.recall,
-        dev_f1: dev_metrics.f1,
-        best_epoch,
-        train_time_s: train_time,
-        train_sentences_per_s: seen as f64 / train_time.max(1e-9),
-        eval_sentences_per_s: eval_speed,
-        config_hash: ctx.config_hash.clone(),
-        git_commit: git_commit(),
-        run_dir: ctx.run_dir.display().to_string(),
-        finished_at_unix: unix_now(),
-    })
+    Ok(ctx.result_row(stage, num_params, best_epoch, dev_metrics, train_time, seen, eval_speed))
 }
 
 /// The distillation loss of a batch: `alpha`·CE(gold) + (1 − `alpha`)·`kind`, where `kind`

@@ -21,7 +21,7 @@ use crate::data::{Dataset, Task};
 use crate::metrics::{argmax_rows, Metrics};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
 use crate::optim::{clip_grad_norm, Optimizer};
-use crate::report::{git_commit, unix_now, write_atomic, MetricsLog, ResultRow};
+use crate::report::{write_atomic, MetricsLog, ResultRow};
 use sha2::{Digest, Sha256};
 use crate::tokenize::BertTokenizer;
 
@@ -262,24 +262,7 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
         );
     }
     eprintln!("teacher saved to {} (an HF model dir)", teacher_dir.display());
-    let row = ResultRow {
-        experiment: exp.name.clone(),
-        task: format!("{:?}", exp.task).to_lowercase(),
-        stage: "teacher".into(),
-        params: num_params,
-        dev_accuracy: dev_metrics.accuracy,
-        dev_precision: dev_metrics.precision,
-        dev_recall: dev_metrics.recall,
-        dev_f1: dev_metrics.f1,
-        best_epoch,
-        train_time_s: train_time,
-        train_sentences_per_s: seen as f64 / train_time.max(1e-9),
-        eval_sentences_per_s: check.sentences_per_s,
-        config_hash: ctx.config_hash.clone(),
-        git_commit: git_commit(),
-        run_dir: ctx.run_dir.display().to_string(),
-        finished_at_unix: unix_now(),
-    };
+    let row = ctx.result_row("teacher", num_params, best_epoch, dev_metrics, train_time, seen, check.sentences_per_s);
     write_atomic(&teacher_dir.join(RESULT_FILE), serde_json::to_string_pretty(&row)?.as_bytes())?;
     Ok(row)
 }
