@@ -1,4 +1,4 @@
-//! The command line: `distill validate`, `distill run`, `distill bench`.
+//! The command line: `distill validate`, `run`, `sweep`, `report`, `table`, `predict`, `bench`.
 
 use std::path::PathBuf;
 
@@ -6,6 +6,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Experiment, QUICKSTART_TOML};
+use crate::sweep::{Shard, Sweep};
+use crate::table::TableSpec;
 
 #[derive(Parser, Debug)]
 #[command(name = "distill", version, about = "Distil a BERT teacher into a small Bi-LSTM student")]
@@ -21,13 +23,48 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Run an experiment's stages; with no file, the embedded quickstart.
+    /// Run an experiment's stages; with no file, the embedded quickstart. Stages this run
+    /// (same resolved config) already finished are skipped.
     Run {
         file: Option<PathBuf>,
         /// Override a value: `--set student.lr=0.5` (typed as in TOML).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Rerun stages that already finished.
+        #[arg(long)]
+        force: bool,
     },
+    /// Run the grid a file's [sweep] table declares; finished points are skipped.
+    Sweep {
+        file: PathBuf,
+        /// Override a value for every point: `--set student.epochs=2`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Run only every N-th point, starting at I (0-based): `--shard 0/4`. Inside a Slurm
+        /// job array it is taken from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// List the points, their run ids and how far each got; run nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Merge a sweep's shard results into one table and plots (SWEEP_DIR), or redraw a
+    /// run's learning curves (RUN_DIR).
+    Report { dir: PathBuf },
+    /// The paper-style results table (CSV and Markdown) from results.csv files.
+    Table {
+        /// The table file naming which run fills each cell.
+        #[arg(default_value = "experiments/paper.toml")]
+        spec: PathBuf,
+        /// results.csv files to read (default: runs/results.csv).
+        #[arg(long = "results")]
+        results: Vec<PathBuf>,
+        /// Where table.csv and table.md go.
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+    },
+    /// Label new texts (stdin or --input; pairs as text_a<TAB>text_b) with a saved model; CSV out.
+    Predict(crate::predict::PredictArgs),
     /// Measure student training and inference speed, beside PyTorch if available.
     Bench(crate::bench::BenchArgs),
 }
@@ -38,39 +75,98 @@ impl Cli {
             Command::Validate { files } => {
                 let mut failed = 0;
                 for file in &files {
-                    match Experiment::load(file, &[]) {
-                        Ok(exp) => {
-                            println!("{}: ok ({}, stages {:?})", file.display(), exp.name, exp.stages);
-                            if exp.teacher.is_some() {
-                                let dir = crate::train::teacher::teacher_dir(&exp);
-                                let state = if crate::train::teacher::finished_teacher(&dir).ok().flatten().is_some() {
-                                    "fine-tuned, will be reused"
-                                } else {
-                                    "not trained yet"
-                                };
-                                println!("  teacher: {} ({state})", dir.display());
-                            }
-                        }
-                        Err(e) => {
-                            println!("{e}");
-                            failed += 1;
-                        }
+                    if let Err(e) = validate(file) {
+                        println!("{e:#}");
+                        failed += 1;
                     }
                 }
                 if failed > 0 {
-                    anyhow::bail!("{failed} of {} experiment files are invalid", files.len());
+                    anyhow::bail!("{failed} of {} files are invalid", files.len());
                 }
                 Ok(())
             }
-            Command::Run { file, overrides } => {
+            Command::Run { file, overrides, force } => {
                 let exp = match &file {
                     Some(path) => Experiment::load(path, &overrides)?,
                     None => Experiment::parse(QUICKSTART_TOML, "experiments/quickstart.toml (embedded)", &overrides)?,
                 };
-                crate::train::run_experiment(exp)?;
+                crate::train::run_experiment_with(exp, force)?;
                 Ok(())
             }
+            Command::Sweep { file, overrides, shard, dry_run } => {
+                let sweep = Sweep::load(&file, &overrides)?;
+                let shard = match shard {
+                    Some(text) => Shard::parse(&text)?,
+                    None => Shard::from_slurm()?.unwrap_or(Shard::ALL),
+                };
+                if dry_run {
+                    sweep.print_plan(shard);
+                    return Ok(());
+                }
+                sweep.run(shard)?;
+                if shard == Shard::ALL {
+                    crate::sweep::report(&sweep.dir)?;
+                } else {
+                    eprintln!("shard {}/{} done; when every shard has finished: distill report {}", shard.index, shard.count, sweep.dir.display());
+                }
+                Ok(())
+            }
+            Command::Report { dir } => {
+                if dir.join("points.csv").is_file() {
+                    let lines = crate::sweep::report(&dir)?;
+                    print!("{}", std::fs::read_to_string(dir.join("summary.md"))?);
+                    anyhow::ensure!(!lines.is_empty(), "{}: no finished points yet", dir.display());
+                } else if dir.join("metrics.csv").is_file() {
+                    for path in crate::plots::learning_curves(&dir)? {
+                        println!("{}", path.display());
+                    }
+                } else {
+                    anyhow::bail!("{}: neither a sweep dir (points.csv) nor a run dir (metrics.csv)", dir.display());
+                }
+                Ok(())
+            }
+            Command::Table { spec, results, out } => {
+                let table = TableSpec::load(&spec)?;
+                let results = if results.is_empty() { vec![PathBuf::from("runs/results.csv")] } else { results };
+                let cells = crate::table::build(&table, &results)?;
+                print!("{}", crate::table::write(&table, &cells, &out)?);
+                eprintln!("written: {} and {}", out.join("table.md").display(), out.join("table.csv").display());
+                Ok(())
+            }
+            Command::Predict(args) => crate::predict::run(args),
             Command::Bench(args) => crate::bench::run(args),
         }
     }
+}
+
+/// Checks one file, whichever kind it is: an experiment, a sweep (`[sweep]`) or a results
+/// table (`[[column]]`).
+pub fn validate(file: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?;
+    let top: Option<toml::Table> = toml::from_str(&text).ok();
+    if top.as_ref().is_some_and(|t| t.contains_key("column")) {
+        let spec = TableSpec::parse(&text, &file.display().to_string())?;
+        for column in &spec.column {
+            for cell in [&column.teacher, &column.student, &column.distilled] {
+                Experiment::load(std::path::Path::new(&column.file), &cell.set)?;
+            }
+        }
+        println!("{}: ok (results table, {} columns)", file.display(), spec.column.len());
+    } else if top.as_ref().is_some_and(|t| t.contains_key("sweep")) {
+        let sweep = Sweep::load(file, &[])?;
+        println!("{}: ok (sweep {}, {} points)", file.display(), sweep.name, sweep.points.len());
+    } else {
+        let exp = Experiment::load(file, &[])?;
+        println!("{}: ok ({}, stages {:?})", file.display(), exp.name, exp.stages);
+        if exp.teacher.is_some() {
+            let dir = crate::train::teacher::teacher_dir(&exp);
+            let state = if crate::train::teacher::finished_teacher(&dir).ok().flatten().is_some() {
+                "fine-tuned, will be reused"
+            } else {
+                "not trained yet"
+            };
+            println!("  teacher: {} ({state})", dir.display());
+        }
+    }
+    Ok(())
 }

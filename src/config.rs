@@ -66,6 +66,17 @@ pub enum Stage {
     Distill,
 }
 
+impl Stage {
+    /// As written in experiment files, results.csv and run dirs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Teacher => "teacher",
+            Stage::Student => "student",
+            Stage::Distill => "distill",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceName {
@@ -426,10 +437,29 @@ impl Experiment {
             let line = e.span().map(|s| line_of_offset(text, s.start));
             err(line, None, format!("not valid TOML: {}", e.message()))
         })?;
+        if table.contains_key("sweep") {
+            return Err(err(
+                line_of_key(text, "sweep"),
+                Some("sweep".into()),
+                "this file declares a grid; run it with `distill sweep FILE` (or drop [sweep] to run one experiment)".into(),
+            ));
+        }
         for item in overrides {
             apply_override(&mut table, item)
                 .map_err(|m| err(None, None, format!("--set {item}: {m}")))?;
         }
+        Self::from_table(table, text, file)
+    }
+
+    /// Types and checks a parsed experiment table; `text` (the file as written) and `file`
+    /// place errors.
+    pub fn from_table(table: toml::Table, text: &str, file: &str) -> Result<Experiment, ConfigError> {
+        let err = |line: Option<usize>, key: Option<String>, message: String| ConfigError {
+            file: file.to_string(),
+            line,
+            key,
+            message,
+        };
         let experiment: Experiment =
             serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
@@ -618,26 +648,33 @@ impl Experiment {
         toml::to_string(self).expect("an Experiment always serialises")
     }
 
-    /// Hash of the resolved config; names the run directory.
+    /// Hash of the resolved config; names the run directory. `out_dir` says where a run
+    /// goes, not what it is, so it is left out: the same experiment has the same id anywhere.
     pub fn config_hash(&self) -> String {
-        let digest = Sha256::digest(self.to_toml().as_bytes());
+        let what = Experiment { out_dir: String::new(), ..self.clone() };
+        let digest = Sha256::digest(what.to_toml().as_bytes());
         digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
     }
 }
 
 /// Applies `a.b.c=value`; the value is read as TOML (`0.5`, `true`, `"x"`, `[1, 2]`), or as a bare string.
-fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), String> {
+pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<(), String> {
     let (path, raw) = item
         .split_once('=')
         .ok_or_else(|| "expected key.path=value".to_string())?;
-    let path = path.trim();
-    if path.is_empty() {
-        return Err("empty key".into());
-    }
     let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {}", raw.trim())) {
         Ok(mut t) => t.remove("v").expect("just parsed"),
         Err(_) => toml::Value::String(raw.trim().to_string()),
     };
+    set_key(table, path, value)
+}
+
+/// Sets the value at dotted key `path` (`student.lr`), creating tables on the way.
+pub fn set_key(table: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), String> {
+    let path = path.trim();
+    if path.is_empty() {
+        return Err("empty key".into());
+    }
     let keys: Vec<&str> = path.split('.').collect();
     let mut node = table;
     for key in &keys[..keys.len() - 1] {
@@ -657,7 +694,7 @@ fn line_of_offset(text: &str, offset: usize) -> usize {
 }
 
 /// Finds the line where a dotted key is written (`student.lr` → the `lr = …` line under `[student]`).
-fn line_of_key(text: &str, key: &str) -> Option<usize> {
+pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
     let parts: Vec<&str> = key.split('.').collect();
     let (leaf, tables) = parts.split_last()?;
     let wanted_table = tables.join(".");

@@ -23,7 +23,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn csv_bytes<R: Serialize>(rows: &[R]) -> Result<Vec<u8>> {
+pub fn csv_bytes<R: Serialize>(rows: &[R]) -> Result<Vec<u8>> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for row in rows {
         writer.serialize(row)?;
@@ -145,7 +145,20 @@ impl ResultRow {
 }
 
 /// Appends a row to `results.csv` (header written when the file is new), atomically.
+/// Runs in other processes (sweep shards) append to the same file: a lock file next to it
+/// keeps one read-modify-rename from losing another's row.
 pub fn append_result(path: &Path, row: &ResultRow) -> Result<()> {
+    let lock_path = path.with_extension("csv.lock");
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("{}: cannot open the lock file", lock_path.display()))?;
+    lock.lock().with_context(|| format!("{}: cannot lock", lock_path.display()))?;
     let mut bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -155,6 +168,16 @@ pub fn append_result(path: &Path, row: &ResultRow) -> Result<()> {
     writer.serialize(row)?;
     bytes.extend(writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?);
     write_atomic(path, &bytes)
+}
+
+/// All rows of a `results.csv` (or a sweep's shard file); errors name the file and line.
+pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut rows = Vec::new();
+    for (i, row) in reader.deserialize::<ResultRow>().enumerate() {
+        rows.push(row.with_context(|| format!("{}:{}: not a results row written by distill", path.display(), i + 2))?);
+    }
+    Ok(rows)
 }
 
 /// The commit the binary runs from (`unknown` outside a git checkout; `-dirty` with local changes).

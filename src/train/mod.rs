@@ -4,7 +4,7 @@ pub mod distill;
 pub mod student;
 pub mod teacher;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -77,17 +77,41 @@ impl RunContext {
 }
 
 /// Runs every stage an experiment lists; returns one result row per stage.
+///
+/// A stage that already finished in this run dir (same resolved config, so same run id) is
+/// not run again: its row is read back from `RUN_DIR/STAGE/result.json`. So a rerun after
+/// an interruption picks up at the first unfinished stage. `force` reruns everything.
 pub fn run_experiment(experiment: Experiment) -> Result<Vec<ResultRow>> {
+    run_experiment_with(experiment, false)
+}
+
+pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<ResultRow>> {
     let ctx = RunContext::create(experiment)?;
     eprintln!("run {} → {}", ctx.experiment.name, ctx.run_dir.display());
     let mut rows = Vec::new();
     for stage in ctx.experiment.stages.clone() {
+        let marker = stage_result_path(&ctx.run_dir, stage);
+        if !force {
+            if let Some(row) = finished_stage(&marker)? {
+                eprintln!(
+                    "{} {stage:?}: already finished (dev accuracy {:.4}, F1 {:.4}; {}); --force reruns it",
+                    row.experiment,
+                    row.dev_accuracy,
+                    row.dev_f1,
+                    marker.display()
+                );
+                rows.push(row);
+                continue;
+            }
+        }
         let row = match stage {
             Stage::Teacher => teacher::train_teacher(&ctx)?,
             Stage::Student => student::train_student(&ctx)?,
             Stage::Distill => distill::train_distilled(&ctx)?,
         };
         append_result(&ctx.results_csv, &row)?;
+        write_atomic(&marker, serde_json::to_string_pretty(&row)?.as_bytes())?;
+        crate::plots::learning_curves(&ctx.run_dir)?;
         eprintln!(
             "{} {:?}: dev accuracy {:.4}, F1 {:.4}; {:.0} s; results in {}",
             row.experiment,
@@ -100,6 +124,21 @@ pub fn run_experiment(experiment: Experiment) -> Result<Vec<ResultRow>> {
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// `RUN_DIR/STAGE/result.json`: written last, so it exists only for a finished stage.
+pub fn stage_result_path(run_dir: &Path, stage: Stage) -> PathBuf {
+    run_dir.join(stage.name()).join("result.json")
+}
+
+fn finished_stage(marker: &Path) -> Result<Option<ResultRow>> {
+    match std::fs::read(marker) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!("{}: unreadable; delete it (or pass --force) to rerun the stage", marker.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("{}: cannot read", marker.display())),
+    }
 }
 
 /// The train and dev splits of an experiment, loaded with its options.
@@ -126,19 +165,24 @@ pub struct EncodedSet {
 
 impl EncodedSet {
     pub fn new(ds: &Dataset, encoder: &TextEncoder, max_len: usize) -> EncodedSet {
-        let cut = |mut ids: Vec<u32>| {
-            ids.truncate(max_len);
+        let texts_a: Vec<&str> = ds.examples.iter().map(|e| e.text_a.as_str()).collect();
+        let texts_b: Option<Vec<&str>> = ds
+            .examples
+            .iter()
+            .any(|e| e.text_b.is_some())
+            .then(|| ds.examples.iter().map(|e| e.text_b.as_deref().unwrap_or("")).collect());
+        let labels = ds.examples.iter().map(|e| e.label).collect();
+        Self::from_texts(&texts_a, texts_b.as_deref(), labels, encoder, max_len)
+    }
+
+    /// Texts (and second texts of pairs) as student ids, cut to `max_len` tokens.
+    pub fn from_texts(a: &[&str], b: Option<&[&str]>, labels: Vec<usize>, encoder: &TextEncoder, max_len: usize) -> EncodedSet {
+        let encode = |texts: &[&str]| -> Vec<Vec<u32>> {
+            let mut ids = encoder.encode_all(texts);
+            ids.iter_mut().for_each(|i| i.truncate(max_len));
             ids
         };
-        let texts_a: Vec<&str> = ds.examples.iter().map(|e| e.text_a.as_str()).collect();
-        let a = encoder.encode_all(&texts_a).into_iter().map(cut).collect();
-        let b = if ds.examples.iter().any(|e| e.text_b.is_some()) {
-            let texts_b: Vec<&str> = ds.examples.iter().map(|e| e.text_b.as_deref().unwrap_or("")).collect();
-            Some(encoder.encode_all(&texts_b).into_iter().map(cut).collect())
-        } else {
-            None
-        };
-        EncodedSet { a, b, labels: ds.examples.iter().map(|e| e.label).collect() }
+        EncodedSet { a: encode(a), b: b.map(encode), labels }
     }
 
     /// The transfer set as student ids: WordPiece reads the joined text (the mask token is

@@ -1,5 +1,6 @@
 //! The `student` stage: the Bi-LSTM trained alone on gold labels (the paper's "Bi-LSTM" row).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -9,7 +10,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
 use super::{evaluate, one_hot, load_splits, progress_bar, shuffled_batches, EncodedSet, RunContext};
-use crate::config::{expand_path, DistillLoss, Experiment, OptimizerName};
+use crate::config::{expand_path, DistillLoss, Experiment, OptimizerName, VocabKind};
 use crate::data::{Dataset, Task};
 use crate::models::lstm::Matrix;
 use crate::embeddings::load_pretrained;
@@ -131,6 +132,7 @@ pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, t
 
     let student_dir = ctx.run_dir.join(stage);
     std::fs::create_dir_all(&student_dir)?;
+    StudentCard::save(&ctx.experiment, &student_dir)?;
     write_atomic(&student_dir.join("vocab.txt"), vocab.to_text().as_bytes())?;
     let checkpoint = student_dir.join("model.safetensors");
     let mut log = MetricsLog::open(ctx.run_dir.join("metrics.csv"), stage)?;
@@ -208,6 +210,74 @@ pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, t
     *model = BiLstmStudent::load(&checkpoint, dev_cpu)?;
     let eval_speed = evaluate(model, dev_set, vocab.unk_id, EVAL_BATCH).sentences_per_s;
     Ok(ctx.result_row(stage, num_params, best_epoch, dev_metrics, train_time, seen, eval_speed))
+}
+
+/// `student.json` in a student stage dir: what `distill predict` needs besides the weights
+/// and `vocab.txt` (WordPiece students also get a copy of the teacher's `tokenizer.json`),
+/// so the dir works on its own.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StudentCard {
+    pub task: String,
+    /// Label names in class order.
+    pub labels: Vec<String>,
+    pub pair: bool,
+    /// "english" or "chinese".
+    pub language: String,
+    /// "wordpiece" or "jieba".
+    pub vocab: String,
+    pub max_seq_len: usize,
+}
+
+impl StudentCard {
+    fn from_experiment(exp: &Experiment) -> Result<StudentCard> {
+        let cfg = exp.student.as_ref().context("a student stage needs [student]")?;
+        let task = Task::new(exp.task, exp.data.columns.as_ref());
+        Ok(StudentCard {
+            task: format!("{:?}", exp.task).to_lowercase(),
+            labels: task.labels.clone(),
+            pair: task.is_pair(),
+            language: format!("{:?}", task.language).to_lowercase(),
+            vocab: format!("{:?}", exp.vocab.kind).to_lowercase(),
+            max_seq_len: cfg.max_seq_len,
+        })
+    }
+
+    fn save(exp: &Experiment, dir: &Path) -> Result<()> {
+        let card = StudentCard::from_experiment(exp)?;
+        write_atomic(&dir.join("student.json"), serde_json::to_string_pretty(&card)?.as_bytes())?;
+        if exp.vocab.kind == VocabKind::Wordpiece {
+            if let Some(file) = wordpiece_tokenizer_json(exp) {
+                write_atomic(&dir.join("tokenizer.json"), &std::fs::read(&file)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads `student.json` of a student dir. Dirs written before it existed are described
+    /// by their run's `config.toml` one level up; their WordPiece tokenizer is then the one
+    /// that config names (returned beside the card).
+    pub fn load(dir: &Path) -> Result<(StudentCard, Option<PathBuf>)> {
+        let path = dir.join("student.json");
+        if !path.is_file() {
+            let config = dir.join("../config.toml");
+            if config.is_file() {
+                let exp = Experiment::load(&config, &[])?;
+                return Ok((StudentCard::from_experiment(&exp)?, wordpiece_tokenizer_json(&exp)));
+            }
+        }
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("{}: cannot read; is this a student dir written by distill?", path.display()))?;
+        let card = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a student.json written by distill", path.display()))?;
+        Ok((card, None))
+    }
+}
+
+/// The `tokenizer.json` an experiment's WordPiece vocab comes from, if it names one.
+fn wordpiece_tokenizer_json(exp: &Experiment) -> Option<PathBuf> {
+    let source = expand_path(exp.vocab.tokenizer.as_deref()?);
+    let file = if source.is_dir() { source.join("tokenizer.json") } else { source };
+    (file.file_name().is_some_and(|n| n == "tokenizer.json") && file.is_file()).then_some(file)
 }
 
 /// The distillation loss of a batch: `alpha`·CE(gold) + (1 − `alpha`)·`kind`, where `kind`

@@ -164,7 +164,12 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
             teacher_dir.display(),
             row.dev_accuracy
         );
-        return Ok(ResultRow { experiment: exp.name.clone(), run_dir: ctx.run_dir.display().to_string(), ..row });
+        return Ok(ResultRow {
+            experiment: exp.name.clone(),
+            config_hash: ctx.config_hash.clone(),
+            run_dir: ctx.run_dir.display().to_string(),
+            ..row
+        });
     }
     let task = Task::new(exp.task, exp.data.columns.as_ref());
     let (train, dev) = load_splits(exp, &task)?;
