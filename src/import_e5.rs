@@ -332,7 +332,7 @@ pub fn import(container_path: &Path, out: &Path) -> Result<()> {
 /// The package's tokenizer as a `tokenizers` pipeline: its normalisation map is NFKC except
 /// for control characters (removed) and some spaces (made plain spaces), taken from the map
 /// itself; runs of spaces collapse; SentencePiece's metaspace; Unigram over the pieces;
-/// `<s> A </s>` (pairs: `<s> A </s></s> B </s>`, as XLM-R).
+/// `<s> A </s>` (pairs: `<s> A </s></s> B </s>`, all token type 0, as XLM-R).
 pub fn build_tokenizer(c: &E5Container) -> Result<Tokenizer> {
     let mut removed = String::new();
     let mut to_space = String::new();
@@ -376,7 +376,7 @@ pub fn build_tokenizer(c: &E5Container) -> Result<Tokenizer> {
     let (bos, eos) = (piece(c.bos), piece(c.eos));
     let post = TemplateProcessing::builder()
         .try_single(format!("{bos} $A {eos}"))
-        .and_then(|b| b.try_pair(format!("{bos} $A {eos} {eos} $B:1 {eos}:1")))
+        .and_then(|b| b.try_pair(format!("{bos} $A {eos} {eos} $B {eos}")))
         .map_err(|e| anyhow::anyhow!("template: {e}"))?
         .special_tokens(vec![(bos.clone(), c.bos), (eos.clone(), c.eos)])
         .build()
@@ -394,4 +394,125 @@ fn unicode_nfkc(s: &str) -> String {
     let mut n = NormalizedString::from(s);
     NFKC.normalize(&mut n).expect("NFKC never fails");
     n.get().to_string()
+}
+
+/// Keeps only the vocabulary a task needs: the pieces its texts use and the special tokens
+/// (with `keep_chars`, also every single-character piece, so new text in the same script
+/// still tokenizes without `<unk>`), with ids renumbered in the old order. The word embedding loses the other rows;
+/// everything else is copied. `out` is a valid HF dir (written under a temporary name, then
+/// renamed). Returns (old, new) vocabulary sizes.
+pub fn trim_vocab(model_dir: &Path, texts: &[(&str, Option<&str>)], keep_chars: bool, out: &Path) -> Result<(usize, usize)> {
+    let tokenizer_path = model_dir.join("tokenizer.json");
+    let tokenizer = Tokenizer::from_file(&tokenizer_path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot load: {e}", tokenizer_path.display()))?;
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&tokenizer_path)?)?;
+    if json["model"]["type"] != "Unigram" {
+        bail!("{}: vocabulary trimming handles Unigram (SentencePiece) tokenizers only", tokenizer_path.display());
+    }
+    let vocab = json["model"]["vocab"].as_array().context("tokenizer.json: model.vocab is not a list")?.clone();
+    let mut keep = vec![false; vocab.len()];
+    for (i, entry) in vocab.iter().enumerate() {
+        let piece = entry[0].as_str().unwrap_or_default();
+        keep[i] = keep_chars && piece.trim_start_matches('▁').chars().count() == 1;
+    }
+    for token in json["added_tokens"].as_array().into_iter().flatten() {
+        if let Some(id) = token["id"].as_u64() {
+            keep[id as usize] = true;
+        }
+    }
+    let encodings = texts
+        .chunks(4096)
+        .map(|chunk| {
+            let inputs: Vec<tokenizers::EncodeInput> = chunk
+                .iter()
+                .map(|(a, b)| match b {
+                    Some(b) => (*a, *b).into(),
+                    None => (*a).into(),
+                })
+                .collect();
+            tokenizer.encode_batch(inputs, true).map_err(|e| anyhow::anyhow!("cannot tokenize: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for encoding in encodings.iter().flatten() {
+        for &id in encoding.get_ids() {
+            keep[id as usize] = true;
+        }
+    }
+    let kept: Vec<usize> = (0..vocab.len()).filter(|&i| keep[i]).collect();
+    let mut new_id = vec![usize::MAX; vocab.len()];
+    for (new, &old) in kept.iter().enumerate() {
+        new_id[old] = new;
+    }
+    let remap = |v: &serde_json::Value| -> Result<serde_json::Value> {
+        let old = v.as_u64().context("an id is not a number")? as usize;
+        Ok(serde_json::json!(new_id[old]))
+    };
+    json["model"]["vocab"] = serde_json::Value::Array(kept.iter().map(|&i| vocab[i].clone()).collect());
+    json["model"]["unk_id"] = remap(&json["model"]["unk_id"])?;
+    for token in json["added_tokens"].as_array_mut().into_iter().flatten() {
+        token["id"] = remap(&token["id"])?;
+    }
+    if let Some(specials) = json["post_processor"]["special_tokens"].as_object_mut() {
+        for special in specials.values_mut() {
+            let ids: Vec<serde_json::Value> =
+                special["ids"].as_array().into_iter().flatten().map(remap).collect::<Result<_>>()?;
+            special["ids"] = serde_json::Value::Array(ids);
+        }
+    }
+
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(model_dir.join("config.json"))?)?;
+    let old_rows = config["vocab_size"].as_u64().context("config.json: no vocab_size")? as usize;
+    config["vocab_size"] = serde_json::json!(kept.len());
+    for key in ["pad_token_id", "bos_token_id", "eos_token_id"] {
+        if config.get(key).is_some_and(|v| v.is_u64()) {
+            config[key] = remap(&config[key])?;
+        }
+    }
+    config["distill_vocab_trimmed_from"] = serde_json::json!(old_rows);
+
+    let weights_path = model_dir.join("model.safetensors");
+    let bytes = std::fs::read(&weights_path).with_context(|| format!("{}: cannot read", weights_path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
+    let metadata = header.metadata().clone();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)?;
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in tensors.tensors() {
+        let shape = view.shape().to_vec();
+        if name.ends_with("embeddings.word_embeddings.weight") {
+            if view.dtype() != safetensors::Dtype::F32 || shape[0] != old_rows {
+                bail!("{}: {name} is {:?} {:?}; expected F32 with {old_rows} rows", weights_path.display(), view.dtype(), shape);
+            }
+            let row = shape[1] * 4;
+            let mut rows = Vec::with_capacity(kept.len() * row);
+            for &i in &kept {
+                rows.extend_from_slice(&view.data()[i * row..(i + 1) * row]);
+            }
+            data.push((name, vec![kept.len(), shape[1]], rows));
+        } else {
+            data.push((name, shape, view.data().to_vec()));
+        }
+    }
+    let dtypes: HashMap<String, safetensors::Dtype> = tensors.tensors().into_iter().map(|(n, v)| (n, v.dtype())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(name, dims, b)| {
+            (name.clone(), safetensors::tensor::TensorView::new(dtypes[name], dims.clone(), b).expect("sizes match"))
+        })
+        .collect();
+    let weights = safetensors::serialize(views, metadata)?;
+
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(tmp.join("model.safetensors"), weights)?;
+    std::fs::write(tmp.join("tokenizer.json"), serde_json::to_string(&json)?)?;
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot replace", out.display()))?;
+    }
+    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
+    Ok((vocab.len(), kept.len()))
 }

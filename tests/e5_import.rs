@@ -77,6 +77,29 @@ fn imported_model_reproduces_the_package() {
     // Measured: cosine 0.99988, abs 0.0024 over the six sentences.
     assert!(worst_cosine >= 0.999, "cosine {worst_cosine}");
     assert!(worst_abs <= 0.01, "max abs difference {worst_abs}");
+
+    // Trimming the vocabulary to these texts: far fewer pieces, the same pieces and the
+    // same hidden states for the texts, and still an HF dir that loads.
+    let texts: Vec<String> = fixture.cases.iter().map(|c| format!("{}{}", fixture.prefix, c.text)).collect();
+    let pairs: Vec<(&str, Option<&str>)> = texts.iter().map(|t| (t.as_str(), None)).collect();
+    let trimmed_dir = tmp.path().join("trimmed");
+    let (before, after) = distill::import_e5::trim_vocab(&dir, &pairs, false, &trimmed_dir).unwrap();
+    assert_eq!(before, 250_002);
+    let used: std::collections::HashSet<u32> = fixture.cases.iter().flat_map(|c| c.ids.iter().copied()).collect();
+    assert_eq!(after, used.len() + 2, "the pieces used plus <pad> and <unk>");
+    let trimmed = BertModel::load(&trimmed_dir, &Cpu::default()).unwrap();
+    let trimmed_tokenizer = tokenizers::Tokenizer::from_file(trimmed_dir.join("tokenizer.json")).unwrap();
+    let pad = trimmed_tokenizer.token_to_id("<pad>").unwrap();
+    for text in &texts {
+        let full = tokenizer.encode(text.as_str(), true).unwrap();
+        let small = trimmed_tokenizer.encode(text.as_str(), true).unwrap();
+        assert_eq!(full.get_tokens(), small.get_tokens());
+        let rows = |ids: &[u32]| vec![(ids.to_vec(), vec![0; ids.len()])];
+        assert_eq!(
+            model.last_hidden_state(&BertInput::new(&rows(full.get_ids()), 1)),
+            trimmed.last_hidden_state(&BertInput::new(&rows(small.get_ids()), pad))
+        );
+    }
 }
 
 #[test]
