@@ -228,9 +228,11 @@ impl BertTokenizer {
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        // BERT vocabs pad with [PAD]; SentencePiece ones (XLM-R, e5) with <pad>.
         let pad_id = tokenizer
             .token_to_id(PAD)
-            .with_context(|| format!("{}: the vocab has no {PAD} token", file.display()))?;
+            .or_else(|| tokenizer.token_to_id("<pad>"))
+            .with_context(|| format!("{}: the vocab has neither {PAD} nor <pad>", file.display()))?;
         Ok(BertTokenizer { tokenizer: Box::new(tokenizer), pad_id, max_len })
     }
 
