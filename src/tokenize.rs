@@ -236,6 +236,26 @@ impl BertTokenizer {
         Ok(BertTokenizer { tokenizer: Box::new(tokenizer), pad_id, max_len })
     }
 
+    /// How this vocab spells a BERT special token: itself when the vocab has it, else the
+    /// SentencePiece spelling (`[UNK]` → `<unk>`, `[MASK]` → `<mask>`) when that exists.
+    /// The augmenter writes the mask token as a word; a teacher must read it as its own.
+    pub fn special_spelling(&self, token: &str) -> String {
+        if self.tokenizer.token_to_id(token).is_some() {
+            return token.to_string();
+        }
+        let sentencepiece = match token {
+            UNK => "<unk>",
+            MASK => "<mask>",
+            PAD => "<pad>",
+            _ => return token.to_string(),
+        };
+        if self.tokenizer.token_to_id(sentencepiece).is_some() {
+            sentencepiece.to_string()
+        } else {
+            token.to_string()
+        }
+    }
+
     /// `(ids, token types)` of one text or pair.
     pub fn encode(&self, a: &str, b: Option<&str>) -> Result<(Vec<u32>, Vec<u32>)> {
         let encoding = match b {

@@ -87,6 +87,11 @@ fn imported_model_reproduces_the_package() {
     assert_eq!(before, 250_002);
     let used: std::collections::HashSet<u32> = fixture.cases.iter().flat_map(|c| c.ids.iter().copied()).collect();
     assert_eq!(after, used.len() + 2, "the pieces used plus <pad> and <unk>");
+    // The augmenter's mask words reach this teacher in its own spelling.
+    let teacher_tokenizer = distill::tokenize::BertTokenizer::load(&trimmed_dir, 128).unwrap();
+    assert_eq!(teacher_tokenizer.special_spelling("[UNK]"), "<unk>");
+    let (ids, _) = teacher_tokenizer.encode("很好<unk>的", None).unwrap();
+    assert!(ids.contains(&trimmed_tokenizer_unk(&trimmed_dir)), "{ids:?}");
     let trimmed = BertModel::load(&trimmed_dir, &Cpu::default()).unwrap();
     let trimmed_tokenizer = tokenizers::Tokenizer::from_file(trimmed_dir.join("tokenizer.json")).unwrap();
     let pad = trimmed_tokenizer.token_to_id("<pad>").unwrap();
@@ -132,4 +137,8 @@ fn corrupt_or_truncated_containers_are_clear_errors() {
         assert!(e.contains("cut.bin") && e.contains("truncated"), "{e}");
         assert!(!out.exists());
     }
+}
+
+fn trimmed_tokenizer_unk(dir: &Path) -> u32 {
+    tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap().token_to_id("<unk>").unwrap()
 }

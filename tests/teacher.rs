@@ -183,6 +183,9 @@ fn tokenizer_builds_cls_sep_pairs_and_truncates() {
     assert_eq!(ids.len(), 6, "cut to max_len: {ids:?}");
     assert_eq!((ids[0], *ids.last().unwrap()), (2, 3));
     assert_eq!(types.iter().filter(|&&t| t == 1).count(), types.len() - types.iter().position(|&t| t == 1).unwrap());
+    // A BERT vocab keeps the augmenter's mask word as it is; unknown specials stay unchanged.
+    assert_eq!(tok.special_spelling("[MASK]"), "[MASK]");
+    assert_eq!(tok.special_spelling("<x>"), "<x>");
     std::fs::remove_file(dir.path().join("vocab.txt")).unwrap();
     let e = format!("{:#}", distill::tokenize::BertTokenizer::load(dir.path(), 6).err().unwrap());
     assert!(e.contains("neither tokenizer.json nor vocab.txt"), "{e}");

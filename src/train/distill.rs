@@ -53,10 +53,19 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
         t0.elapsed().as_secs_f64()
     );
 
-    let texts: Vec<(String, Option<String>)> = transfer
-        .iter()
-        .map(|r| (join_words(&r.a, language), r.b.as_ref().map(|b| join_words(b, language))))
-        .collect();
+    // The teacher reads the augmenter's mask word in its own vocab's spelling (a SentencePiece
+    // teacher has `<unk>` where the config says "[UNK]").
+    let mask = &exp.augment.mask_token;
+    let teacher_mask = BertTokenizer::load(&teacher_path, teacher_max_len)?.special_spelling(mask);
+    let teacher_text = |words: &[String]| -> String {
+        if teacher_mask == *mask {
+            return join_words(words, language);
+        }
+        let mapped: Vec<String> = words.iter().map(|w| if w == mask { teacher_mask.clone() } else { w.clone() }).collect();
+        join_words(&mapped, language)
+    };
+    let texts: Vec<(String, Option<String>)> =
+        transfer.iter().map(|r| (teacher_text(&r.a), r.b.as_deref().map(teacher_text))).collect();
     let cache_dir = expand_path(&exp.out_dir).join("cache");
     let logits = cached_teacher_logits(
         &teacher_path,
