@@ -24,7 +24,6 @@ use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
-use crate::report::write_atomic;
 
 const MAGIC: &[u8; 4] = b"E5S1";
 const BLOCK: usize = 32;
@@ -182,7 +181,7 @@ impl<'a> E5Container<'a> {
         })
     }
 
-    /// A tensor as f32 (Q4_0 dequantised), checked to hold `rows × cols` values.
+    /// A tensor as f32 (Q4_0 dequantised), checked to hold `dims` values.
     pub fn tensor(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
         let (dtype, count, data) = self.tensors.get(name).with_context(|| format!("the container has no tensor {name}"))?;
         let want: usize = dims.iter().product();
@@ -321,11 +320,11 @@ pub fn import(container_path: &Path, out: &Path) -> Result<()> {
     tokenizer
         .save(tmp.join("tokenizer.json"), true)
         .map_err(|e| anyhow::anyhow!("cannot write tokenizer.json: {e}"))?;
+    std::fs::write(tmp.join("IMPORTED_FROM"), format!("{file}\n"))?;
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot replace", out.display()))?;
     }
     std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
-    write_atomic(&out.join("IMPORTED_FROM"), format!("{file}\n").as_bytes())?;
     Ok(())
 }
 
