@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod embeddings;
+pub mod gpu;
 pub mod import_e5;
 pub mod metrics;
 pub mod models;
