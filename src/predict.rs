@@ -27,7 +27,8 @@ pub struct PredictArgs {
     pub input: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// With a run dir: which stage's model (distill, student or teacher).
+    /// With a run dir: which student, `distill` or `student` (a teacher is used by giving
+    /// its dir, `runs/teachers/TASK-HASH`).
     #[arg(long)]
     pub stage: Option<String>,
 }
