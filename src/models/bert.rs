@@ -20,6 +20,7 @@ use serde::Deserialize;
 use super::attention::{attention, attention_values, AttentionShape};
 use super::layers::{contiguous_values, gelu, gelu_values, safetensors_bytes, LayerNorm, Linear, ParamMut};
 use super::lstm::{Matrix, Vector};
+use crate::report::write_dir_atomic;
 
 /// The fields of an HF BERT `config.json` that fix the architecture.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -532,14 +533,6 @@ impl BertForSequenceClassification {
     /// and the tokenizer files of the source dir. The dir is built under a temporary name
     /// and renamed into place.
     pub fn save(&mut self, dir: &Path, labels: &[String]) -> Result<()> {
-        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-
         let mut config = self.raw_config.clone();
         let object = config.as_object_mut().context("config.json is not a JSON object")?;
         object.insert("architectures".into(), serde_json::json!(["BertForSequenceClassification"]));
@@ -550,36 +543,23 @@ impl BertForSequenceClassification {
         object.insert("id2label".into(), id2label.into());
         object.insert("label2id".into(), label2id.into());
         object.remove("_name_or_path");
-        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        std::fs::write(tmp.join("model.safetensors"), safetensors_bytes(&self.params_mut(), metadata)?)?;
-        for file in ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"] {
-            let src = self.source_dir.join(file);
-            if src.is_file() {
-                std::fs::copy(&src, tmp.join(file)).with_context(|| format!("{}: cannot copy", src.display()))?;
+        let weights = safetensors_bytes(&self.params_mut(), metadata)?;
+        let source_dir = self.source_dir.clone();
+        write_dir_atomic(dir, |tmp| {
+            std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+            std::fs::write(tmp.join("model.safetensors"), &weights)?;
+            for file in ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+                let src = source_dir.join(file);
+                if src.is_file() {
+                    std::fs::copy(&src, tmp.join(file)).with_context(|| format!("{}: cannot copy", src.display()))?;
+                }
             }
-        }
-        replace_dir(&tmp, dir)?;
+            Ok(())
+        })?;
         self.source_dir = dir.to_path_buf();
         Ok(())
     }
-}
-
-/// Moves `tmp` to `dir`, replacing an existing `dir` (old one removed after the rename).
-fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
-    let old = tmp.with_extension("old");
-    if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
-        }
-        std::fs::rename(dir, &old).with_context(|| format!("{}: cannot move aside", dir.display()))?;
-    }
-    std::fs::rename(tmp, dir).with_context(|| format!("{}: cannot rename into place", dir.display()))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    Ok(())
 }
 
 fn normal<S: Shape>(dev: &Cpu, shape: S, std: f32, rng: &mut StdRng) -> Tensor<S, f32, Cpu> {

@@ -267,19 +267,28 @@ pub fn safetensors_bytes(
     params: &[(String, ParamMut<'_>)],
     metadata: std::collections::HashMap<String, String>,
 ) -> anyhow::Result<Vec<u8>> {
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = params
+    let tensors: Vec<NamedTensor> = params
         .iter()
-        .map(|(name, p)| (name.clone(), p.dims(), p.values().iter().flat_map(|v| v.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
-        .iter()
-        .map(|(name, dims, bytes)| {
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, dims.clone(), bytes)
-                .expect("sizes match");
-            (name.clone(), view)
+        .map(|(name, p)| {
+            (name.clone(), safetensors::Dtype::F32, p.dims(), p.values().iter().flat_map(|v| v.to_le_bytes()).collect())
         })
         .collect();
-    Ok(safetensors::serialize(views, Some(metadata))?)
+    serialize_tensors(&tensors, Some(metadata))
+}
+
+/// A tensor to serialise: name, dtype, dims and its little-endian bytes.
+pub type NamedTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// A safetensors file of `tensors`; their byte lengths must match dtype and dims.
+pub fn serialize_tensors(
+    tensors: &[NamedTensor],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> anyhow::Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|(name, dtype, dims, bytes)| Ok((name.clone(), safetensors::tensor::TensorView::new(*dtype, dims.clone(), bytes)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, metadata)?)
 }
 
 /// Exact (erf) GELU as one tape node, computed in parallel. dfdx's `accurate_gelu` calls
