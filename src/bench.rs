@@ -28,6 +28,9 @@ pub struct BenchArgs {
     /// Which model to measure.
     #[arg(long, value_enum, default_value_t = BenchModel::All)]
     pub model: BenchModel,
+    /// Where the student runs: "cpu", or "cuda" (the GPU student; PyTorch then uses cuDNN).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
     #[arg(long, default_value_t = 30522)]
     pub vocab: usize,
     #[arg(long, default_value_t = 300)]
@@ -144,6 +147,45 @@ pub fn measure_student(args: &BenchArgs) -> Throughput {
     Throughput { train_sentences_per_s: train, infer_sentences_per_s: infer }
 }
 
+/// Measures the GPU student (same model, optimizer and batches as [`measure_student`]).
+pub fn measure_student_gpu(args: &BenchArgs) -> Result<Throughput> {
+    use crate::gpu::student::{BatchTargets, GpuStudent};
+    let dev = Cpu::seed_from_u64(0);
+    let mut rng = StdRng::seed_from_u64(0);
+    let shape = StudentShape {
+        vocab_size: args.vocab,
+        embedding_dim: args.embedding_dim,
+        hidden_size: args.hidden,
+        fc_size: args.hidden,
+        num_labels: 2,
+        pair_features: None,
+    };
+    let mut model = BiLstmStudent::new(shape, 0.4, &dev, &mut rng);
+    let mut gpu = GpuStudent::new(crate::gpu::Gpu::new()?, &mut model, OptimizerConfig::new(OptimizerName::Adadelta, 1.0), 0)?;
+    let inputs: Vec<StudentInput> = (0..4).map(|_| random_input(&mut rng, args, args.batch)).collect();
+    let labels: Vec<Vec<usize>> = (0..4).map(|_| (0..args.batch).map(|_| rng.gen_range(0..2)).collect()).collect();
+    // Each step reads its loss back, so the clock sees finished work.
+    let mut train_step = |i: usize| gpu.train_step(&inputs[i % 4], &labels[i % 4], &BatchTargets::Gold, 0.0, true);
+    for i in 0..2 {
+        train_step(i)?;
+    }
+    let start = Instant::now();
+    for i in 0..args.steps {
+        train_step(i)?;
+    }
+    let train = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
+    let infer_inputs: Vec<StudentInput> = (0..4).map(|_| random_input(&mut rng, args, args.infer_batch)).collect();
+    for input in infer_inputs.iter().take(2) {
+        gpu.predict_logits(input)?;
+    }
+    let start = Instant::now();
+    for i in 0..args.infer_steps {
+        gpu.predict_logits(&infer_inputs[i % 4])?;
+    }
+    let infer = (args.infer_steps * args.infer_batch) as f64 / start.elapsed().as_secs_f64();
+    Ok(Throughput { train_sentences_per_s: train, infer_sentences_per_s: infer })
+}
+
 /// Measures BERT fine-tuning (AdamW, all parameters) and inference on random full-length batches.
 pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
     let dev = Cpu::seed_from_u64(0);
@@ -184,6 +226,30 @@ pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
     Ok(Throughput { train_sentences_per_s: train, infer_sentences_per_s: infer })
 }
 
+/// Measures GPU teacher inference (no fine-tuning on the GPU: its training rate is 0).
+pub fn measure_teacher_gpu(args: &BenchArgs) -> Result<Throughput> {
+    let dev = Cpu::seed_from_u64(0);
+    let mut rng = StdRng::seed_from_u64(0);
+    let model = BertForSequenceClassification::load(&expand_path(&args.teacher_dir), 2, &dev, &mut rng)?;
+    let gpu = crate::gpu::bert::GpuBert::new(crate::gpu::Gpu::new()?, &model)?;
+    let vocab = model.bert.config.vocab_size as u32;
+    let inputs: Vec<BertInput> = (0..2)
+        .map(|_| {
+            let seqs: Vec<(Vec<u32>, Vec<u32>)> = (0..args.teacher_infer_batch)
+                .map(|_| ((0..args.teacher_seq_len).map(|_| rng.gen_range(1..vocab)).collect(), vec![0; args.teacher_seq_len]))
+                .collect();
+            BertInput::new(&seqs, 0)
+        })
+        .collect();
+    gpu.predict_logits(&inputs[0])?;
+    let start = Instant::now();
+    for i in 0..args.teacher_infer_steps {
+        gpu.predict_logits(&inputs[i % 2])?; // reads the logits back: the clock sees finished work
+    }
+    let infer = (args.teacher_infer_steps * args.teacher_infer_batch) as f64 / start.elapsed().as_secs_f64();
+    Ok(Throughput { train_sentences_per_s: 0.0, infer_sentences_per_s: infer })
+}
+
 /// Runs `scripts/bench_student.py` with the same shapes; `None` if PyTorch is not there.
 fn measure_torch_student(args: &BenchArgs) -> Result<Option<Throughput>> {
     run_torch_script(
@@ -198,7 +264,9 @@ fn measure_torch_student(args: &BenchArgs) -> Result<Option<Throughput>> {
             ("--infer-batch", args.infer_batch.to_string()),
             ("--steps", args.steps.to_string()),
             ("--infer-steps", args.infer_steps.to_string()),
+            ("--device", args.device.clone()),
         ],
+        false,
     )
 }
 
@@ -214,11 +282,13 @@ fn measure_torch_teacher(args: &BenchArgs) -> Result<Option<Throughput>> {
             ("--infer-batch", args.teacher_infer_batch.to_string()),
             ("--steps", args.teacher_steps.to_string()),
             ("--infer-steps", args.teacher_infer_steps.to_string()),
+            ("--device", args.device.clone()),
         ],
+        args.device == "cuda",
     )
 }
 
-fn run_torch_script(args: &BenchArgs, script: &str, flags: &[(&str, String)]) -> Result<Option<Throughput>> {
+fn run_torch_script(args: &BenchArgs, script: &str, flags: &[(&str, String)], inference_only: bool) -> Result<Option<Throughput>> {
     let python = args
         .python
         .clone()
@@ -229,6 +299,9 @@ fn run_torch_script(args: &BenchArgs, script: &str, flags: &[(&str, String)]) ->
     command.arg(&script);
     for (flag, value) in flags {
         command.args([flag, value.as_str()]);
+    }
+    if inference_only {
+        command.arg("--inference-only");
     }
     let output = command
         .args(["--threads", &rayon::current_num_threads().to_string()])
@@ -254,7 +327,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.model != BenchModel::Teacher {
         println!(
-            "student: vocab {}, embedding {}, hidden {} ×2, sequence {}, train batch {}, inference batch {}, {} threads, {} rounds",
+            "student on {}: vocab {}, embedding {}, hidden {} ×2, sequence {}, train batch {}, inference batch {}, {} threads, {} rounds",
+            args.device,
             args.vocab,
             args.embedding_dim,
             args.hidden,
@@ -264,11 +338,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rayon::current_num_threads(),
             args.rounds
         );
-        compare(&args, "train (Adadelta)", || Ok(measure_student(&args)), || measure_torch_student(&args))?;
+        let ours = || if args.device == "cuda" { measure_student_gpu(&args) } else { Ok(measure_student(&args)) };
+        compare(&args, "train (Adadelta)", ours, || measure_torch_student(&args))?;
     }
     if args.model != BenchModel::Student {
         println!(
-            "teacher: {}, sequence {}, fine-tune batch {}, inference batch {}, {} threads, {} rounds",
+            "teacher on {}: {}, sequence {}, fine-tune batch {}, inference batch {}, {} threads, {} rounds",
+            args.device,
             expand_path(&args.teacher_dir).display(),
             args.teacher_seq_len,
             args.teacher_batch,
@@ -276,7 +352,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rayon::current_num_threads(),
             args.rounds
         );
-        compare(&args, "fine-tune (AdamW)", || measure_teacher(&args), || measure_torch_teacher(&args))?;
+        if args.device == "cuda" {
+            // Inference only: fine-tuning runs on the CPU (its line reads 0).
+            compare(&args, "fine-tune (CPU only)", || measure_teacher_gpu(&args), || measure_torch_teacher(&args))?;
+        } else {
+            compare(&args, "fine-tune (AdamW)", || measure_teacher(&args), || measure_torch_teacher(&args))?;
+        }
     }
     Ok(())
 }

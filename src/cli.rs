@@ -33,6 +33,10 @@ pub enum Command {
         /// Rerun stages that already finished.
         #[arg(long)]
         force: bool,
+        /// Where the student trains and the distill stage's teacher logits are computed: "cpu" or
+        /// "cuda" (same as `--set device="cuda"`).
+        #[arg(long, value_parser = ["cpu", "cuda"])]
+        device: Option<String>,
     },
     /// Run the grid a file's [sweep] table declares; finished points are skipped.
     Sweep {
@@ -90,6 +94,17 @@ pub enum Command {
     Predict(crate::predict::PredictArgs),
     /// Measure student training and inference speed, beside PyTorch if available.
     Bench(crate::bench::BenchArgs),
+    /// On a GPU machine: the GPU student against the CPU one (same weights, forward and five
+    /// training steps) and GPU teacher inference against the CPU's; errors past the
+    /// tolerances. `scripts/gpu-check` runs it, then the benchmarks.
+    GpuCheck {
+        /// The teacher to compare; without it, a random all-MiniLM-L6-v2-shaped BERT is written
+        /// to `--random-teacher-out` (default: a temporary dir) and used.
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+        #[arg(long)]
+        random_teacher_out: Option<PathBuf>,
+    },
 }
 
 impl Cli {
@@ -108,7 +123,8 @@ impl Cli {
                 }
                 Ok(())
             }
-            Command::Run { file, overrides, force } => {
+            Command::Run { file, mut overrides, force, device } => {
+                overrides.extend(device.map(|d| format!("device=\"{d}\"")));
                 let exp = match &file {
                     Some(path) => Experiment::load(path, &overrides)?,
                     None => Experiment::parse(QUICKSTART_TOML, "experiments/quickstart.toml (embedded)", &overrides)?,
@@ -180,6 +196,21 @@ impl Cli {
                 Ok(())
             }
             Command::Bench(args) => crate::bench::run(args),
+            Command::GpuCheck { teacher, random_teacher_out } => {
+                for line in crate::gpu::check::student_parity()? {
+                    println!("{line}");
+                }
+                let teacher = match teacher {
+                    Some(dir) => dir,
+                    None => {
+                        let dir = random_teacher_out.unwrap_or_else(|| std::env::temp_dir().join("distill-random-minilm"));
+                        crate::gpu::check::write_random_minilm(&dir)?;
+                        dir
+                    }
+                };
+                println!("{}", crate::gpu::check::teacher_parity(&teacher)?);
+                Ok(())
+            }
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Experiment {
     /// Which stages run, in pipeline order.
     #[serde(default = "defaults::stages")]
     pub stages: Vec<Stage>,
+    /// Where the student and distill stages train and the transfer set's teacher logits are
+    /// computed: "cpu", or "cuda" (teacher fine-tuning stays on the CPU).
     #[serde(default)]
     pub device: DeviceName,
     /// Where run directories and `results.csv` go.
@@ -531,12 +533,6 @@ impl Experiment {
                 }
                 _ => {}
             }
-        }
-        if self.device == DeviceName::Cuda {
-            return Err((
-                "device".into(),
-                "\"cuda\" is not available in this version of distill; use \"cpu\"".into(),
-            ));
         }
         match (self.task, &self.data.columns) {
             (TaskName::Custom, None) => {

@@ -1,7 +1,7 @@
 //! Every kernel in kernels/ compiles to PTX with NVRTC 13.0 (no GPU needed: scripts/setup
 //! installs NVRTC from PyPI), and a kernel that does not compile is an error with NVRTC's log.
 
-use distill::gpu::{compile, compile_all, KERNELS};
+use distill::gpu::{compile, compile_all, kernel_entries, KERNELS};
 
 #[test]
 fn every_kernel_compiles_to_ptx() {
@@ -11,12 +11,18 @@ fn every_kernel_compiles_to_ptx() {
     }
     let compiled = compile_all().unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(compiled.len(), KERNELS.len());
-    for (name, ptx) in &compiled {
+    for ((name, ptx), (_, source)) in compiled.iter().zip(KERNELS) {
         let text = ptx.to_src();
         assert!(text.contains(".target sm_80"), "{name}: {}", &text[..text.len().min(400)]);
-        for entry in ["lstm_cell_forward", "lstm_cell_backward"] {
-            assert!(text.contains(&format!(".entry {entry}")), "{name} lacks {entry}");
+        let entries = kernel_entries(source);
+        assert!(!entries.is_empty(), "{name}: no kernels found");
+        for entry in entries {
+            assert!(text.contains(&format!(".entry {entry}(")), "{name} lacks {entry}");
         }
+    }
+    let all: Vec<&str> = KERNELS.iter().flat_map(|(_, s)| kernel_entries(s)).collect();
+    for entry in ["lstm_cell_forward", "lstm_cell_backward", "gather_rows", "adadelta_rows", "adam"] {
+        assert!(all.contains(&entry), "no kernel {entry}: {all:?}");
     }
     let broken = "extern \"C\" __global__ void k(float *x) { x[0] = undefined_name; }";
     let e = format!("{:#}", compile("broken.cu", broken).unwrap_err());

@@ -74,6 +74,7 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
         cfg.teacher_batch_size,
         setup.task.num_labels(),
         &cache_dir,
+        exp.device,
     )?;
     let train_set = EncodedSet::from_transfer(&transfer, &setup.encoder, language, student_cfg.max_seq_len);
 

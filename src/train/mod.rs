@@ -243,13 +243,24 @@ pub struct Evaluation {
 
 /// Evaluates the student on `set` in length-sorted batches (similar lengths pack densely).
 pub fn evaluate(model: &BiLstmStudent, set: &EncodedSet, empty_id: u32, batch_size: usize) -> Evaluation {
-    let classes = model.shape.num_labels;
+    evaluate_with(set, empty_id, batch_size, model.shape.num_labels, |input| Ok(model.predict_logits(input)))
+        .expect("CPU prediction cannot fail")
+}
+
+/// [`evaluate`] with any predictor of logits (the CPU student, or the GPU one).
+pub fn evaluate_with(
+    set: &EncodedSet,
+    empty_id: u32,
+    batch_size: usize,
+    classes: usize,
+    mut predict: impl FnMut(&crate::models::bilstm::StudentInput) -> Result<Vec<f32>>,
+) -> Result<Evaluation> {
     let mut order: Vec<usize> = (0..set.len()).collect();
     order.sort_by_key(|&i| set.length(i));
     let mut logits = vec![0f32; set.len() * classes];
     let start = Instant::now();
     for chunk in order.chunks(batch_size) {
-        let out = model.predict_logits(&set.input(chunk, empty_id));
+        let out = predict(&set.input(chunk, empty_id))?;
         for (row, &i) in chunk.iter().enumerate() {
             logits[i * classes..(i + 1) * classes].copy_from_slice(&out[row * classes..(row + 1) * classes]);
         }
@@ -257,11 +268,11 @@ pub fn evaluate(model: &BiLstmStudent, set: &EncodedSet, empty_id: u32, batch_si
     let elapsed = start.elapsed().as_secs_f64();
     let loss = mean_cross_entropy(&logits, &set.labels, classes);
     let predictions = argmax_rows(&logits, classes);
-    Evaluation {
+    Ok(Evaluation {
         metrics: Metrics::compute(&predictions, &set.labels, classes),
         loss,
         sentences_per_s: set.len() as f64 / elapsed.max(1e-9),
-    }
+    })
 }
 
 /// Mean softmax cross-entropy of `logits` (`rows × classes`) against gold labels.

@@ -9,8 +9,9 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 
-use super::{evaluate, one_hot, load_splits, progress_bar, shuffled_batches, EncodedSet, RunContext};
-use crate::config::{expand_path, DistillLoss, Experiment, OptimizerName, VocabKind};
+use super::{evaluate, evaluate_with, one_hot, load_splits, progress_bar, shuffled_batches, EncodedSet, RunContext};
+use crate::config::{expand_path, DeviceName, DistillLoss, Experiment, OptimizerName, VocabKind};
+use crate::gpu::student::{BatchTargets, GpuStudent};
 use crate::data::{Dataset, Task};
 use crate::models::lstm::Matrix;
 use crate::embeddings::load_pretrained;
@@ -136,9 +137,19 @@ pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, t
     write_atomic(&student_dir.join("vocab.txt"), vocab.to_text().as_bytes())?;
     let checkpoint = student_dir.join("model.safetensors");
     let mut log = MetricsLog::open(ctx.run_dir.join("metrics.csv"), stage)?;
-    let mut optimizer = Optimizer::new(OptimizerConfig::new(cfg.optimizer, cfg.lr));
+    let optimizer_config = OptimizerConfig::new(cfg.optimizer, cfg.lr);
+    let mut optimizer = Optimizer::new(optimizer_config);
     let trainable: Vec<bool> =
         model.params_mut().iter().enumerate().map(|(i, _)| i > 0 || cfg.train_embeddings).collect();
+    // device = "cuda": the same model and optimizer on the GPU; the CPU copy is refreshed for checkpoints.
+    let mut gpu_model = match ctx.experiment.device {
+        DeviceName::Cpu => None,
+        DeviceName::Cuda => {
+            let gpu = crate::gpu::Gpu::new()?;
+            eprintln!("{stage}: training on the GPU ({})", gpu.name());
+            Some(GpuStudent::new(gpu, model, optimizer_config, ctx.experiment.seed)?)
+        }
+    };
 
     let steps_per_epoch = train_set.len().div_ceil(cfg.batch_size);
     let bar = progress_bar((steps_per_epoch * cfg.epochs) as u64, stage);
@@ -153,29 +164,44 @@ pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, t
         for batch in shuffled_batches(train_set.len(), cfg.batch_size, rng) {
             let t0 = Instant::now();
             let input = train_set.input(&batch, vocab.unk_id);
-            let logits = model.forward_train(&input);
             let labels: Vec<usize> = batch.iter().map(|&i| train_set.labels[i]).collect();
-            let loss = match &targets {
-                Targets::Gold => cross_entropy_with_logits_loss(logits, one_hot(dev_cpu, &labels, shape.num_labels)),
-                Targets::Teacher { logits: teacher, loss } => {
-                    let classes = shape.num_labels;
-                    let rows: Vec<f32> =
-                        batch.iter().flat_map(|&i| teacher[i * classes..(i + 1) * classes].iter().copied()).collect();
-                    distill_loss(logits, &rows, &labels, *loss)
-                }
+            let teacher_rows = |teacher: &[f32]| -> Vec<f32> {
+                let classes = shape.num_labels;
+                batch.iter().flat_map(|&i| teacher[i * classes..(i + 1) * classes].iter().copied()).collect()
             };
-            let loss_value = loss.array() as f64;
+            let loss_value = if let Some(gpu_model) = gpu_model.as_mut() {
+                let rows;
+                let batch_targets = match &targets {
+                    Targets::Gold => BatchTargets::Gold,
+                    Targets::Teacher { logits, loss } => {
+                        rows = teacher_rows(logits);
+                        BatchTargets::Teacher { logits: &rows, loss: *loss }
+                    }
+                };
+                gpu_model
+                    .train_step(&input, &labels, &batch_targets, cfg.max_grad_norm as f32, cfg.train_embeddings)
+                    .with_context(|| format!("{stage}: GPU training step {step}"))? as f64
+            } else {
+                let logits = model.forward_train(&input);
+                let loss = match &targets {
+                    Targets::Gold => cross_entropy_with_logits_loss(logits, one_hot(dev_cpu, &labels, shape.num_labels)),
+                    Targets::Teacher { logits: teacher, loss } => distill_loss(logits, &teacher_rows(teacher), &labels, *loss),
+                };
+                let loss_value = loss.array() as f64;
+                if loss_value.is_finite() {
+                    let mut grads = loss.backward();
+                    let mut params = model.params_mut();
+                    if cfg.max_grad_norm > 0.0 {
+                        clip_grad_norm(&params, &mut grads, cfg.max_grad_norm as f32);
+                    }
+                    let rows = input.tokens.distinct_ids();
+                    optimizer.step(&mut params, &trainable, &[Some(rows.as_slice())], &mut grads);
+                }
+                loss_value
+            };
             if !loss_value.is_finite() {
                 bail!("the training loss became {loss_value} at step {step}; lower {stage}.lr or set {stage}.max_grad_norm");
             }
-            let mut grads = loss.backward();
-            let mut params = model.params_mut();
-            if cfg.max_grad_norm > 0.0 {
-                clip_grad_norm(&params, &mut grads, cfg.max_grad_norm as f32);
-            }
-            let rows = input.tokens.distinct_ids();
-            optimizer.step(&mut params, &trainable, &[Some(rows.as_slice())], &mut grads);
-            drop(params);
             train_time += t0.elapsed().as_secs_f64();
             seen += batch.len();
             step += 1;
@@ -185,7 +211,10 @@ pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, t
             let end_of_epoch = epoch_batches == steps_per_epoch;
             if end_of_epoch || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
                 let train_loss = epoch_loss / epoch_batches as f64;
-                let eval = evaluate(model, dev_set, vocab.unk_id, EVAL_BATCH);
+                let eval = match gpu_model.as_ref() {
+                    Some(g) => evaluate_with(dev_set, vocab.unk_id, EVAL_BATCH, shape.num_labels, |input| g.predict_logits(input))?,
+                    None => evaluate(model, dev_set, vocab.unk_id, EVAL_BATCH),
+                };
                 let elapsed = start.elapsed().as_secs_f64();
                 log.push_evaluation(stage, step, epoch, train_loss, eval.loss, eval.metrics, elapsed)?;
                 let improved = best.as_ref().is_none_or(|(_, m)| eval.metrics.accuracy > m.accuracy);
@@ -198,6 +227,9 @@ pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, t
                 );
                 bar.suspend(|| eprintln!("{line}"));
                 if improved {
+                    if let Some(g) = gpu_model.as_ref() {
+                        g.copy_to(model)?;
+                    }
                     model.save(&checkpoint)?;
                     best = Some((epoch, eval.metrics));
                 }
@@ -208,7 +240,13 @@ pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, t
     let (best_epoch, dev_metrics) = best.expect("at least one evaluation ran");
     // Keep the best weights in the setup, and time inference once more now that training is idle.
     *model = BiLstmStudent::load(&checkpoint, dev_cpu)?;
-    let eval_speed = evaluate(model, dev_set, vocab.unk_id, EVAL_BATCH).sentences_per_s;
+    let eval_speed = match gpu_model.take() {
+        Some(g) => {
+            let g = GpuStudent::new(g.into_gpu(), model, optimizer_config, ctx.experiment.seed)?;
+            evaluate_with(dev_set, vocab.unk_id, EVAL_BATCH, shape.num_labels, |input| g.predict_logits(input))?.sentences_per_s
+        }
+        None => evaluate(model, dev_set, vocab.unk_id, EVAL_BATCH).sentences_per_s,
+    };
     Ok(ctx.result_row(stage, num_params, best_epoch, dev_metrics, train_time, seen, eval_speed))
 }
 

@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::{load_splits, mean_cross_entropy, one_hot, progress_bar, Evaluation, RunContext};
-use crate::config::{expand_path, DataConfig, Experiment, TaskName, TeacherConfig};
+use crate::config::{expand_path, DataConfig, DeviceName, Experiment, TaskName, TeacherConfig};
 use crate::data::{Dataset, Task};
 use crate::metrics::{argmax_rows, Metrics};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
@@ -80,21 +80,33 @@ pub fn logits_of_rows(
     batch_size: usize,
     what: &str,
 ) -> Vec<f32> {
-    let classes = model.num_labels();
+    logits_of_rows_with(rows, model.num_labels(), pad_id, batch_size, what, |input| Ok(model.predict_logits(input)))
+        .expect("CPU inference cannot fail")
+}
+
+/// [`logits_of_rows`] with any predictor (the CPU teacher, or the GPU one).
+pub fn logits_of_rows_with(
+    rows: &[(Vec<u32>, Vec<u32>)],
+    classes: usize,
+    pad_id: u32,
+    batch_size: usize,
+    what: &str,
+    mut predict: impl FnMut(&BertInput) -> Result<Vec<f32>>,
+) -> Result<Vec<f32>> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| rows[i].0.len());
     let mut logits = vec![0f32; rows.len() * classes];
     let bar = progress_bar(rows.len() as u64, what);
     for chunk in order.chunks(batch_size) {
         let batch: Vec<(Vec<u32>, Vec<u32>)> = chunk.iter().map(|&i| rows[i].clone()).collect();
-        let out = model.predict_logits(&BertInput::new(&batch, pad_id));
+        let out = predict(&BertInput::new(&batch, pad_id))?;
         for (r, &i) in chunk.iter().enumerate() {
             logits[i * classes..(i + 1) * classes].copy_from_slice(&out[r * classes..(r + 1) * classes]);
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    logits
+    Ok(logits)
 }
 
 /// Teacher logits for texts (or pairs), batched, with a progress bar and ETA.
@@ -137,7 +149,8 @@ pub fn load_teacher(cfg: &TeacherConfig, task: &Task, dev: &Cpu, rng: &mut StdRn
     let dir = expand_path(&cfg.model);
     if !dir.is_dir() {
         bail!(
-            "{}: no such model dir (teacher.model); run scripts/setup for the default all-MiniLM-L6-v2, \
+            "{}: no such model dir (teacher.model); run scripts/setup for the default all-MiniLM-L6-v2 \
+             (the Chinese e5 teacher then needs `distill import-e5` and `distill trim-vocab`, see the README), \
              or point teacher.model at an HF BERT dir",
             dir.display()
         );
@@ -315,6 +328,7 @@ pub fn cached_teacher_logits(
     batch_size: usize,
     num_labels: usize,
     cache_dir: &Path,
+    device: DeviceName,
 ) -> Result<Vec<f32>> {
     let mut hasher = Sha256::new();
     for file in ["model.safetensors", "config.json"] {
@@ -347,7 +361,16 @@ pub fn cached_teacher_logits(
     let tokenizer = BertTokenizer::load(teacher_dir, max_seq_len)?;
     let refs: Vec<(&str, Option<&str>)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
     let t0 = Instant::now();
-    let logits = teacher_logits(&model, &tokenizer, &refs, batch_size)?;
+    let logits = match device {
+        DeviceName::Cpu => teacher_logits(&model, &tokenizer, &refs, batch_size)?,
+        DeviceName::Cuda => {
+            let gpu = crate::gpu::bert::GpuBert::new(crate::gpu::Gpu::new()?, &model)?;
+            eprintln!("teacher logits: on the GPU ({})", gpu.gpu().name());
+            let rows = tokenizer.encode_all(&refs)?;
+            TEACHER_INFERENCE_ROWS.fetch_add(rows.len(), Ordering::Relaxed);
+            logits_of_rows_with(&rows, num_labels, tokenizer.pad_id, batch_size, "teacher inference (GPU)", |input| gpu.predict_logits(input))?
+        }
+    };
     eprintln!(
         "teacher logits: {} rows in {:.0} s ({:.0} sentences/s); cached in {}",
         texts.len(),
