@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::config::{Experiment, QUICKSTART_TOML};
+use crate::config::{expand_path, Experiment, QUICKSTART_TOML};
 use crate::sweep::{Shard, Sweep};
 use crate::table::TableSpec;
 
@@ -183,6 +183,8 @@ impl Cli {
                     .chain(&dev.examples)
                     .map(|e| (e.text_a.as_str(), e.text_b.as_deref()))
                     .collect();
+                // `${DISTILL_HOME}` as in experiment files (quoted, the shell leaves it alone).
+                let (model, out) = (expand_path(&model.to_string_lossy()), expand_path(&out.to_string_lossy()));
                 let (before, after) = crate::import_e5::trim_vocab(&model, &texts, keep_chars, &out)?;
                 println!("{}: vocabulary {before} → {after} pieces ({} texts of {})", out.display(), texts.len(), experiment.display());
                 Ok(())
