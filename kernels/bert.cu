@@ -48,25 +48,27 @@ extern "C" __global__ void layer_norm(const float *x, const float *residual, con
     }
 }
 
+// Where element `idx` of a [batch·seq, heads·dim] matrix sits in [batch, heads, seq, dim].
+__device__ __forceinline__ long head_major_index(long idx, int seq, int heads, int dim) {
+    long hidden = (long)heads * dim;
+    long row = idx / hidden, col = idx % hidden;
+    long b = row / seq, t = row % seq, h = col / dim, d = col % dim;
+    return ((b * heads + h) * seq + t) * dim + d;
+}
+
 // [batch·seq, heads·dim] → [batch, heads, seq, dim], so each (example, head) is one contiguous
 // matrix for the batched GEMMs.
 extern "C" __global__ void split_heads(const float *x, float *out, int batch, int seq, int heads, int dim) {
     long idx = thread_index();
-    long hidden = (long)heads * dim;
-    if (idx >= (long)batch * seq * hidden) return;
-    long row = idx / hidden, col = idx % hidden;
-    long b = row / seq, t = row % seq, h = col / dim, d = col % dim;
-    out[((b * heads + h) * seq + t) * dim + d] = x[idx];
+    if (idx >= (long)batch * seq * heads * dim) return;
+    out[head_major_index(idx, seq, heads, dim)] = x[idx];
 }
 
 // The inverse of split_heads.
 extern "C" __global__ void merge_heads(const float *x, float *out, int batch, int seq, int heads, int dim) {
     long idx = thread_index();
-    long hidden = (long)heads * dim;
-    if (idx >= (long)batch * seq * hidden) return;
-    long row = idx / hidden, col = idx % hidden;
-    long b = row / seq, t = row % seq, h = col / dim, d = col % dim;
-    out[idx] = x[((b * heads + h) * seq + t) * dim + d];
+    if (idx >= (long)batch * seq * heads * dim) return;
+    out[idx] = x[head_major_index(idx, seq, heads, dim)];
 }
 
 // In place over scores [batch, heads, seq (queries), seq (keys)]: softmax(scale·s + mask[b, key])

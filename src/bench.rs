@@ -93,8 +93,9 @@ fn random_input(rng: &mut StdRng, args: &BenchArgs, batch: usize) -> StudentInpu
     StudentInput { tokens: TokenBatch::new(&refs, 0), examples: batch }
 }
 
-/// Measures the Rust student on random full-length batches.
-pub fn measure_student(args: &BenchArgs) -> Throughput {
+/// The benchmarked student (the `bench_student.py` module's shape, dropout 0.4), its CPU
+/// device and the random generator for its batches.
+fn bench_student_model(args: &BenchArgs) -> (Cpu, StdRng, BiLstmStudent) {
     let dev = Cpu::seed_from_u64(0);
     let mut rng = StdRng::seed_from_u64(0);
     let shape = StudentShape {
@@ -105,7 +106,13 @@ pub fn measure_student(args: &BenchArgs) -> Throughput {
         num_labels: 2,
         pair_features: None,
     };
-    let mut model = BiLstmStudent::new(shape, 0.4, &dev, &mut rng);
+    let model = BiLstmStudent::new(shape, 0.4, &dev, &mut rng);
+    (dev, rng, model)
+}
+
+/// Measures the Rust student on random full-length batches.
+pub fn measure_student(args: &BenchArgs) -> Throughput {
+    let (dev, mut rng, mut model) = bench_student_model(args);
     let mut optimizer = Optimizer::new(OptimizerConfig::new(OptimizerName::Adadelta, 1.0));
     let trainable = vec![true; model.params_mut().len()];
     let inputs: Vec<StudentInput> = (0..4).map(|_| random_input(&mut rng, args, args.batch)).collect();
@@ -150,17 +157,7 @@ pub fn measure_student(args: &BenchArgs) -> Throughput {
 /// Measures the GPU student (same model, optimizer and batches as [`measure_student`]).
 pub fn measure_student_gpu(args: &BenchArgs) -> Result<Throughput> {
     use crate::gpu::student::{BatchTargets, GpuStudent};
-    let dev = Cpu::seed_from_u64(0);
-    let mut rng = StdRng::seed_from_u64(0);
-    let shape = StudentShape {
-        vocab_size: args.vocab,
-        embedding_dim: args.embedding_dim,
-        hidden_size: args.hidden,
-        fc_size: args.hidden,
-        num_labels: 2,
-        pair_features: None,
-    };
-    let mut model = BiLstmStudent::new(shape, 0.4, &dev, &mut rng);
+    let (_, mut rng, mut model) = bench_student_model(args);
     let mut gpu = GpuStudent::new(crate::gpu::Gpu::new()?, &mut model, OptimizerConfig::new(OptimizerName::Adadelta, 1.0), 0)?;
     let inputs: Vec<StudentInput> = (0..4).map(|_| random_input(&mut rng, args, args.batch)).collect();
     let labels: Vec<Vec<usize>> = (0..4).map(|_| (0..args.batch).map(|_| rng.gen_range(0..2)).collect()).collect();
@@ -186,6 +183,13 @@ pub fn measure_student_gpu(args: &BenchArgs) -> Result<Throughput> {
     Ok(Throughput { train_sentences_per_s: train, infer_sentences_per_s: infer })
 }
 
+/// `rows` random full-length texts of `seq` tokens (single segment).
+fn random_bert_input(rng: &mut StdRng, vocab: u32, rows: usize, seq: usize) -> BertInput {
+    let seqs: Vec<(Vec<u32>, Vec<u32>)> =
+        (0..rows).map(|_| ((0..seq).map(|_| rng.gen_range(1..vocab)).collect(), vec![0; seq])).collect();
+    BertInput::new(&seqs, 0)
+}
+
 /// Measures BERT fine-tuning (AdamW, all parameters) and inference on random full-length batches.
 pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
     let dev = Cpu::seed_from_u64(0);
@@ -193,11 +197,9 @@ pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
     let mut model = BertForSequenceClassification::load(&expand_path(&args.teacher_dir), 2, &dev, &mut rng)?;
     let vocab = model.bert.config.vocab_size as u32;
     let mut batch = |rows: usize| {
-        let seqs: Vec<(Vec<u32>, Vec<u32>)> = (0..rows)
-            .map(|_| ((0..args.teacher_seq_len).map(|_| rng.gen_range(1..vocab)).collect(), vec![0; args.teacher_seq_len]))
-            .collect();
+        let input = random_bert_input(&mut rng, vocab, rows, args.teacher_seq_len);
         let labels: Vec<usize> = (0..rows).map(|_| rng.gen_range(0..2)).collect();
-        (BertInput::new(&seqs, 0), labels)
+        (input, labels)
     };
     let inputs: Vec<(BertInput, Vec<usize>)> = (0..2).map(|_| batch(args.teacher_batch)).collect();
     let mut optimizer = Optimizer::adamw(2e-5, 0.01);
@@ -233,14 +235,8 @@ pub fn measure_teacher_gpu(args: &BenchArgs) -> Result<Throughput> {
     let model = BertForSequenceClassification::load(&expand_path(&args.teacher_dir), 2, &dev, &mut rng)?;
     let gpu = crate::gpu::bert::GpuBert::new(crate::gpu::Gpu::new()?, &model)?;
     let vocab = model.bert.config.vocab_size as u32;
-    let inputs: Vec<BertInput> = (0..2)
-        .map(|_| {
-            let seqs: Vec<(Vec<u32>, Vec<u32>)> = (0..args.teacher_infer_batch)
-                .map(|_| ((0..args.teacher_seq_len).map(|_| rng.gen_range(1..vocab)).collect(), vec![0; args.teacher_seq_len]))
-                .collect();
-            BertInput::new(&seqs, 0)
-        })
-        .collect();
+    let inputs: Vec<BertInput> =
+        (0..2).map(|_| random_bert_input(&mut rng, vocab, args.teacher_infer_batch, args.teacher_seq_len)).collect();
     gpu.predict_logits(&inputs[0])?;
     let start = Instant::now();
     for i in 0..args.teacher_infer_steps {

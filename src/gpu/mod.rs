@@ -192,19 +192,7 @@ impl Gpu {
         beta: f32,
     ) -> Result<()> {
         debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "matmul: operand too small");
-        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-        let cfg = GemmConfig {
-            transa: op(b_t),
-            transb: op(a_t),
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: 1.0f32,
-            lda: if b_t { k } else { n } as i32,
-            ldb: if a_t { m } else { k } as i32,
-            beta,
-            ldc: n as i32,
-        };
+        let cfg = row_major_gemm(a_t, b_t, (m, n, k), beta);
         // SAFETY: the leading dimensions and sizes above match the operands' lengths (checked in debug builds).
         unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(|e| anyhow::anyhow!("cuBLAS sgemm {m}×{n}×{k} failed ({e:?})"))
     }
@@ -223,21 +211,8 @@ impl Gpu {
         batch: usize,
         (stride_a, stride_b, stride_c): (usize, usize, usize),
     ) -> Result<()> {
-        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-        let gemm = GemmConfig {
-            transa: op(b_t),
-            transb: op(a_t),
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: 1.0f32,
-            lda: if b_t { k } else { n } as i32,
-            ldb: if a_t { m } else { k } as i32,
-            beta: 0.0,
-            ldc: n as i32,
-        };
         let cfg = cudarc::cublas::StridedBatchedConfig {
-            gemm,
+            gemm: row_major_gemm(a_t, b_t, (m, n, k), 0.0),
             batch_size: batch as i32,
             stride_a: stride_b as i64,
             stride_b: stride_a as i64,
@@ -251,6 +226,25 @@ impl Gpu {
     /// Waits for the stream; a kernel fault shows up here.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| anyhow::anyhow!("GPU: a kernel failed ({e:?})"))
+    }
+}
+
+/// cuBLAS (column-major) settings for the row-major product `c[m×n] = op(a)·op(b) + beta·c`
+/// (see [`Gpu::matmul`]): a row-major matrix read column-major is its transpose, so cuBLAS
+/// computes `cᵀ = op(b)ᵀ·op(a)ᵀ`, with `b` passed first.
+fn row_major_gemm(a_t: bool, b_t: bool, (m, n, k): (usize, usize, usize), beta: f32) -> GemmConfig<f32> {
+    let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+    GemmConfig {
+        transa: op(b_t),
+        transb: op(a_t),
+        m: n as i32,
+        n: m as i32,
+        k: k as i32,
+        alpha: 1.0f32,
+        lda: if b_t { k } else { n } as i32,
+        ldb: if a_t { m } else { k } as i32,
+        beta,
+        ldc: n as i32,
     }
 }
 
