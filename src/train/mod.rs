@@ -86,6 +86,10 @@ pub fn run_experiment(experiment: Experiment) -> Result<Vec<ResultRow>> {
 }
 
 pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<ResultRow>> {
+    if experiment.device == crate::config::DeviceName::Cuda {
+        // Before the run dir exists, so a machine without a GPU leaves nothing behind.
+        crate::gpu::driver_present()?;
+    }
     let ctx = RunContext::create(experiment)?;
     eprintln!("run {} → {}", ctx.experiment.name, ctx.run_dir.display());
     let mut rows = Vec::new();
