@@ -36,29 +36,9 @@ fn no_gpu_is_said_clearly() {
         assert!(message.contains("no GPU found"), "{message}");
         // A `device = "cuda"` run stops before it creates its run dir.
         let out = tempfile::tempdir().unwrap();
-        let toml = format!(
-            r#"
-name = "no-gpu"
-task = "sst2"
-device = "cuda"
-out_dir = "{}"
-[data]
-dir = "../shared/data/SST-2"
-[vocab]
-kind = "wordpiece"
-tokenizer = "vocab.txt"
-[student]
-embedding_dim = 8
-hidden_size = 8
-dropout = 0.1
-optimizer = "adadelta"
-lr = 1.0
-batch_size = 4
-epochs = 1
-"#,
-            out.path().display()
-        );
-        let exp = distill::config::Experiment::parse(&toml, "no-gpu.toml", &[]).unwrap_or_else(|e| panic!("{e}"));
+        let overrides = ["device=\"cuda\"".to_string(), format!("out_dir=\"{}\"", out.path().display())];
+        let exp = distill::config::Experiment::parse(distill::config::QUICKSTART_TOML, "quickstart.toml", &overrides)
+            .unwrap_or_else(|e| panic!("{e}"));
         let e = distill::train::run_experiment(exp).unwrap_err();
         assert!(format!("{e:#}").contains("no GPU found"), "{e:#}");
         assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0, "a run dir was left behind");
