@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::config::{expand_path, Experiment};
+use crate::config::{expand_path, DistillConfig, DistillLoss, Experiment};
 use crate::report::{read_results, write_atomic, ResultRow};
 
 /// A table file: its columns, in order.
@@ -47,6 +47,10 @@ pub struct SeedSetup {
     pub vectors: Option<String>,
     pub vocab: Option<String>,
     pub n_iter: Option<usize>,
+    /// Epochs of the distillation stage.
+    pub distill_epochs: Option<usize>,
+    /// The distillation loss, as `loss_phrase` writes it ("mse", "0.5·ce + 0.5·mse", "kl T=2").
+    pub distill_loss: Option<String>,
     /// The seed's dev figures for the three rows ("0.888", or "acc/F1").
     pub teacher_result: Option<String>,
     pub student_result: Option<String>,
@@ -233,14 +237,25 @@ fn differences(exp: &Experiment, kind: RowKind, seed: &SeedSetup) -> Vec<String>
         compare("vocab", vocab, &seed.vocab);
     }
     if kind == RowKind::Distilled {
-        let ours = exp.augment.n_iter;
-        match seed.n_iter {
-            Some(s) if s != ours => notes.push(format!("n_iter {ours} (seed: {s})")),
-            Some(_) => {}
-            None => notes.push(format!("n_iter {ours}")),
+        compare("n_iter", exp.augment.n_iter.to_string(), &seed.n_iter.map(|n| n.to_string()));
+        if let Some(d) = &exp.distill {
+            compare("epochs", d.epochs.to_string(), &seed.distill_epochs.map(|n| n.to_string()));
+            compare("loss", loss_phrase(d), &seed.distill_loss);
         }
     }
     notes
+}
+
+/// The distillation loss in a few characters: "mse", "0.5·ce + 0.5·mse", "kl T=2".
+fn loss_phrase(d: &DistillConfig) -> String {
+    let soft = match d.loss {
+        DistillLoss::Mse => "mse".to_string(),
+        DistillLoss::Kl => format!("kl T={}", d.temperature),
+        DistillLoss::Ce => return "ce".into(),
+    };
+    // Rounded so that 1 − 0.7 prints as 0.3.
+    let weight = |w: f64| (w * 1000.0).round() / 1000.0;
+    if d.alpha > 0.0 { format!("{}·ce + {}·{soft}", weight(d.alpha), weight(1.0 - d.alpha)) } else { soft }
 }
 
 /// Writes `table.csv` (one line per cell, with its run and footnote) and `table.md` (the
@@ -278,4 +293,51 @@ pub fn write(spec: &TableSpec, cells: &[Cell], out_dir: &Path) -> Result<String>
     }
     write_atomic(&out_dir.join("table.md"), md.as_bytes())?;
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distilled_footnote_names_epochs_and_loss_that_differ_from_the_seed() {
+        let toml = r#"
+name = "t"
+task = "sst2"
+stages = ["distill"]
+[data]
+dir = "data"
+[vocab]
+kind = "wordpiece"
+tokenizer = "vocab.txt"
+[student]
+embedding_dim = 8
+hidden_size = 8
+dropout = 0.1
+optimizer = "adadelta"
+lr = 1.0
+batch_size = 8
+epochs = 1
+[augment]
+n_iter = 10
+[distill]
+teacher = "teacher"
+alpha = 0.7
+optimizer = "adadelta"
+lr = 1.0
+batch_size = 8
+epochs = 10
+dropout = 0.2
+"#;
+        let exp = Experiment::parse(toml, "t.toml", &[]).unwrap();
+        let seed = SeedSetup { n_iter: Some(20), distill_epochs: Some(6), distill_loss: Some("mse".into()), ..Default::default() };
+        let notes = differences(&exp, RowKind::Distilled, &seed);
+        assert!(notes.contains(&"n_iter 10 (seed: 20)".to_string()), "{notes:?}");
+        assert!(notes.contains(&"epochs 10 (seed: 6)".to_string()), "{notes:?}");
+        assert!(notes.contains(&"loss 0.7·ce + 0.3·mse (seed: mse)".to_string()), "{notes:?}");
+
+        let same = SeedSetup { n_iter: Some(10), distill_epochs: Some(10), distill_loss: Some("0.7·ce + 0.3·mse".into()), ..Default::default() };
+        let notes = differences(&exp, RowKind::Distilled, &same);
+        assert!(!notes.iter().any(|n| n.starts_with("n_iter") || n.starts_with("epochs") || n.starts_with("loss")), "{notes:?}");
+    }
 }
