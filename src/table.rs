@@ -301,35 +301,8 @@ mod tests {
 
     #[test]
     fn distilled_footnote_names_epochs_and_loss_that_differ_from_the_seed() {
-        let toml = r#"
-name = "t"
-task = "sst2"
-stages = ["distill"]
-[data]
-dir = "data"
-[vocab]
-kind = "wordpiece"
-tokenizer = "vocab.txt"
-[student]
-embedding_dim = 8
-hidden_size = 8
-dropout = 0.1
-optimizer = "adadelta"
-lr = 1.0
-batch_size = 8
-epochs = 1
-[augment]
-n_iter = 10
-[distill]
-teacher = "teacher"
-alpha = 0.7
-optimizer = "adadelta"
-lr = 1.0
-batch_size = 8
-epochs = 10
-dropout = 0.2
-"#;
-        let exp = Experiment::parse(toml, "t.toml", &[]).unwrap();
+        let overrides = ["distill.alpha=0.7".to_string(), "distill.epochs=10".to_string()];
+        let exp = Experiment::load(Path::new("experiments/sst2.toml"), &overrides).unwrap();
         let seed = SeedSetup { n_iter: Some(20), distill_epochs: Some(6), distill_loss: Some("mse".into()), ..Default::default() };
         let notes = differences(&exp, RowKind::Distilled, &seed);
         assert!(notes.contains(&"n_iter 10 (seed: 20)".to_string()), "{notes:?}");
