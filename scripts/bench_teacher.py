@@ -2,7 +2,8 @@
 """The PyTorch reference for `distill bench` (teacher): transformers'
 BertForSequenceClassification loaded from the same HF model dir, fine-tuned with AdamW
 (lr 2e-5, weight decay 0.01) on random full-length batches, and run for inference without
-dropout. Prints one JSON line with sentences/s. `--device cuda --inference-only` measures
+dropout: in FP32, under bf16 autocast, and (CPU) after dynamic int8 quantisation of the Linear
+layers (`torch.ao.quantization.quantize_dynamic`). Prints one JSON line with sentences/s. `--device cuda --inference-only` measures
 GPU inference alone (train_sentences_per_s is then 0), synchronising before each clock reading."""
 import argparse
 import json
@@ -91,16 +92,26 @@ def main():
 
     model.eval()
     infer_batches = [torch.randint(1, vocab, (a.infer_batch, a.seq_len), device=device) for _ in range(2)]
-    with torch.inference_mode():
-        model(input_ids=infer_batches[0], attention_mask=torch.ones_like(infer_batches[0]))
-        sync()
-        start = time.perf_counter()
-        for i in range(a.infer_steps):
-            ids = infer_batches[i % 2]
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
-        sync()
-        infer = a.infer_steps * a.infer_batch / (time.perf_counter() - start)
-    print(json.dumps({"train_sentences_per_s": train, "infer_sentences_per_s": infer}))
+
+    def infer_rate(m, autocast=False):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            m(input_ids=infer_batches[0], attention_mask=torch.ones_like(infer_batches[0]))
+            sync()
+            start = time.perf_counter()
+            for i in range(a.infer_steps):
+                ids = infer_batches[i % 2]
+                m(input_ids=ids, attention_mask=torch.ones_like(ids))
+            sync()
+            return a.infer_steps * a.infer_batch / (time.perf_counter() - start)
+
+    infer = infer_rate(model)
+    infer_bf16 = infer_rate(model, autocast=True)
+    infer_int8 = None
+    if device.type == "cpu":
+        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        infer_int8 = infer_rate(quantized)
+    print(json.dumps({"train_sentences_per_s": train, "infer_sentences_per_s": infer,
+                      "infer_bf16_sentences_per_s": infer_bf16, "infer_int8_sentences_per_s": infer_int8}))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::{expand_path, OptimizerName};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
+use crate::models::bert_inference::BertInference;
+use crate::models::packed::Precision;
 use crate::models::bilstm::{BiLstmStudent, StudentInput, StudentShape, TokenBatch};
 use crate::train::one_hot;
 use crate::optim::{Optimizer, OptimizerConfig};
@@ -83,6 +85,18 @@ pub struct BenchArgs {
 pub struct Throughput {
     pub train_sentences_per_s: f64,
     pub infer_sentences_per_s: f64,
+    /// Teacher inference in reduced precision: ours in BF16 / INT8; PyTorch's bf16 autocast
+    /// and dynamic int8 quantisation (`quantize_dynamic` on the Linear layers).
+    #[serde(default)]
+    pub infer_bf16_sentences_per_s: Option<f64>,
+    #[serde(default)]
+    pub infer_int8_sentences_per_s: Option<f64>,
+}
+
+impl Throughput {
+    fn new(train: f64, infer: f64) -> Throughput {
+        Throughput { train_sentences_per_s: train, infer_sentences_per_s: infer, infer_bf16_sentences_per_s: None, infer_int8_sentences_per_s: None }
+    }
 }
 
 fn random_input(rng: &mut StdRng, args: &BenchArgs, batch: usize) -> StudentInput {
@@ -151,7 +165,7 @@ pub fn measure_student(args: &BenchArgs) -> Throughput {
         model.predict_logits(&infer_inputs[i % 4]);
     }
     let infer = (args.infer_steps * args.infer_batch) as f64 / start.elapsed().as_secs_f64();
-    Throughput { train_sentences_per_s: train, infer_sentences_per_s: infer }
+    Throughput::new(train, infer)
 }
 
 /// Measures the GPU student (same model, optimizer and batches as [`measure_student`]).
@@ -180,7 +194,7 @@ pub fn measure_student_gpu(args: &BenchArgs) -> Result<Throughput> {
         gpu.predict_logits(&infer_inputs[i % 4])?;
     }
     let infer = (args.infer_steps * args.infer_batch) as f64 / start.elapsed().as_secs_f64();
-    Ok(Throughput { train_sentences_per_s: train, infer_sentences_per_s: infer })
+    Ok(Throughput::new(train, infer))
 }
 
 /// `rows` random full-length texts of `seq` tokens (single segment).
@@ -219,13 +233,22 @@ pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
     }
     let train = (args.teacher_steps * args.teacher_batch) as f64 / start.elapsed().as_secs_f64();
     let infer_inputs: Vec<BertInput> = (0..2).map(|_| batch(args.teacher_infer_batch).0).collect();
-    model.predict_logits(&infer_inputs[0]);
-    let start = Instant::now();
-    for i in 0..args.teacher_infer_steps {
-        model.predict_logits(&infer_inputs[i % 2]);
-    }
-    let infer = (args.teacher_infer_steps * args.teacher_infer_batch) as f64 / start.elapsed().as_secs_f64();
-    Ok(Throughput { train_sentences_per_s: train, infer_sentences_per_s: infer })
+    // Each precision's weights are packed once, as `distill run` and `predict` do.
+    let infer = |precision: Precision| {
+        let teacher = BertInference::new(&model, precision);
+        teacher.logits(&infer_inputs[0]);
+        let start = Instant::now();
+        for i in 0..args.teacher_infer_steps {
+            teacher.logits(&infer_inputs[i % 2]);
+        }
+        (args.teacher_infer_steps * args.teacher_infer_batch) as f64 / start.elapsed().as_secs_f64()
+    };
+    Ok(Throughput {
+        train_sentences_per_s: train,
+        infer_sentences_per_s: infer(Precision::F32),
+        infer_bf16_sentences_per_s: Some(infer(Precision::Bf16)),
+        infer_int8_sentences_per_s: Some(infer(Precision::Int8)),
+    })
 }
 
 /// Measures GPU teacher inference (no fine-tuning on the GPU: its training rate is 0).
@@ -243,7 +266,7 @@ pub fn measure_teacher_gpu(args: &BenchArgs) -> Result<Throughput> {
         gpu.predict_logits(&inputs[i % 2])?; // reads the logits back: the clock sees finished work
     }
     let infer = (args.teacher_infer_steps * args.teacher_infer_batch) as f64 / start.elapsed().as_secs_f64();
-    Ok(Throughput { train_sentences_per_s: 0.0, infer_sentences_per_s: infer })
+    Ok(Throughput::new(0.0, infer))
 }
 
 /// Runs `scripts/bench_student.py` with the same shapes; `None` if PyTorch is not there.
@@ -370,11 +393,16 @@ fn compare(
     for round in 1..=args.rounds.max(1) {
         let o = ours_once()?;
         let t = if args.no_torch { None } else { torch_once()? };
+        let reduced = |t: &Throughput| match (t.infer_bf16_sentences_per_s, t.infer_int8_sentences_per_s) {
+            (Some(b), Some(i)) => format!(" (bf16 {b:.1}, int8 {i:.1})"),
+            _ => String::new(),
+        };
         println!(
-            "round {round}: distill train {:.1}, inference {:.1}{}",
+            "round {round}: distill train {:.1}, inference {:.1}{}{}",
             o.train_sentences_per_s,
             o.infer_sentences_per_s,
-            t.map(|t| format!("; pytorch train {:.1}, inference {:.1}", t.train_sentences_per_s, t.infer_sentences_per_s))
+            reduced(&o),
+            t.map(|t| format!("; pytorch train {:.1}, inference {:.1}{}", t.train_sentences_per_s, t.infer_sentences_per_s, reduced(&t)))
                 .unwrap_or_default()
         );
         ours.push(o);
@@ -389,6 +417,20 @@ fn compare(
     };
     line(train_label, med(&ours, |t| t.train_sentences_per_s), torch_med(|t| t.train_sentences_per_s));
     line("inference", med(&ours, |t| t.infer_sentences_per_s), torch_med(|t| t.infer_sentences_per_s));
+    // Reduced precision: each beside its like (PyTorch bf16 autocast, dynamic int8), and
+    // beside PyTorch's FP32, the baseline users compare with.
+    let reduced: [(&str, fn(&Throughput) -> Option<f64>); 2] =
+        [("bf16", |t| t.infer_bf16_sentences_per_s), ("int8", |t| t.infer_int8_sentences_per_s)];
+    for (name, get) in reduced {
+        if ours.iter().all(|t| get(t).is_some()) {
+            let mine = median(ours.iter().filter_map(get).collect());
+            let like = (!torch.is_empty() && torch.iter().all(|t| get(t).is_some())).then(|| median(torch.iter().filter_map(get).collect()));
+            line(&format!("inference {name} (vs its like)"), mine, like);
+            if let Some(fp32) = torch_med(|t| t.infer_sentences_per_s) {
+                line(&format!("inference {name} (vs torch f32)"), mine, Some(fp32));
+            }
+        }
+    }
     if torch.is_empty() && !args.no_torch {
         println!("PyTorch not found: pass --python PATH (a Python with torch and transformers) or set DISTILL_TORCH_PYTHON");
     }

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use crate::models::packed::Precision;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -328,6 +329,10 @@ pub struct DistillConfig {
     /// Batch size of the teacher's inference over the transfer set.
     #[serde(default = "defaults::teacher_batch")]
     pub teacher_batch_size: usize,
+    /// Number format of the teacher's inference here (transfer-set logits, dev evaluation):
+    /// "f32", "bf16" or "int8". Left out of the resolved config when f32, so run ids stay.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub teacher_precision: Precision,
 }
 
 mod defaults {

@@ -11,6 +11,8 @@ use rand::SeedableRng;
 
 use crate::metrics::argmax_rows;
 use crate::models::bert::BertForSequenceClassification;
+use crate::models::bert_inference::BertInference;
+use crate::models::packed::{missing_instruction_note, Precision};
 use crate::models::bilstm::BiLstmStudent;
 use crate::tokenize::{BertTokenizer, TextEncoder, Vocab};
 use crate::train::student::StudentCard;
@@ -31,12 +33,19 @@ pub struct PredictArgs {
     /// its dir, `runs/teachers/TASK-HASH`).
     #[arg(long)]
     pub stage: Option<String>,
+    /// A teacher's number format: f32, bf16 (AVX512-BF16) or int8 (VNNI); students run in f32.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// Print the raw logits (`logit_LABEL` columns) instead of probabilities, e.g. to compare
+    /// precisions with `scripts/compare_logits.py`.
+    #[arg(long)]
+    pub logits: bool,
 }
 
 /// A loaded model that maps texts to logits.
 enum Predictor {
     Student { model: Box<BiLstmStudent>, encoder: TextEncoder, card: StudentCard },
-    Teacher { model: Box<BertForSequenceClassification>, tokenizer: BertTokenizer, labels: Vec<String> },
+    Teacher { model: Box<BertInference>, tokenizer: BertTokenizer, labels: Vec<String> },
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
@@ -44,7 +53,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let dir = model_dir(&args.model, args.stage.as_deref())?;
-    let predictor = Predictor::load(&dir)?;
+    let predictor = Predictor::load(&dir, args.precision)?;
     let input: Box<dyn BufRead> = match &args.input {
         Some(path) => Box::new(std::io::BufReader::new(
             std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?,
@@ -68,7 +77,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
     let labels = predictor.labels().to_vec();
     let mut out = csv::Writer::from_writer(std::io::stdout().lock());
     let mut header = vec!["label".to_string()];
-    header.extend(labels.iter().map(|l| format!("p_{l}")));
+    let prefix = if args.logits { "logit" } else { "p" };
+    header.extend(labels.iter().map(|l| format!("{prefix}_{l}")));
     header.push("text".into());
     out.write_record(&header)?;
     for chunk in texts.chunks(args.batch_size) {
@@ -76,7 +86,8 @@ pub fn run(args: PredictArgs) -> Result<()> {
         let classes = labels.len();
         for ((row, text), best) in logits.chunks_exact(classes).zip(chunk).zip(argmax_rows(&logits, classes)) {
             let mut record = vec![labels[best].clone()];
-            record.extend(softmax(row).into_iter().map(|p| format!("{p:.6}")));
+            let values = if args.logits { row.to_vec() } else { softmax(row) };
+            record.extend(values.into_iter().map(|p| format!("{p:.6}")));
             record.push(match &text.1 {
                 Some(b) => format!("{}\t{b}", text.0),
                 None => text.0.clone(),
@@ -113,7 +124,7 @@ fn model_dir(path: &Path, stage: Option<&str>) -> Result<PathBuf> {
 }
 
 impl Predictor {
-    fn load(dir: &Path) -> Result<Predictor> {
+    fn load(dir: &Path, precision: Precision) -> Result<Predictor> {
         let cpu = Cpu::default();
         if dir.join("config.json").is_file() {
             let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)
@@ -123,7 +134,13 @@ impl Predictor {
             let model =
                 BertForSequenceClassification::load(dir, labels.len(), &cpu, &mut rand::rngs::StdRng::seed_from_u64(0))?;
             let tokenizer = BertTokenizer::load(dir, max_len)?;
-            return Ok(Predictor::Teacher { model: Box::new(model), tokenizer, labels });
+            if let Some(note) = missing_instruction_note(precision) {
+                eprintln!("{note}");
+            }
+            return Ok(Predictor::Teacher { model: Box::new(BertInference::new(&model, precision)), tokenizer, labels });
+        }
+        if !precision.is_f32() {
+            bail!("{}: --precision {} applies to a teacher dir; a Bi-LSTM student runs in f32", dir.display(), precision.name());
         }
         let (card, tokenizer) = StudentCard::load(dir)?;
         let model = BiLstmStudent::load(&dir.join("model.safetensors"), &cpu)?;

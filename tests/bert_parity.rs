@@ -150,3 +150,40 @@ fn parameter_names_are_the_checkpoint_names() {
         assert_eq!(p.values(), want, "{name}");
     }
 }
+
+/// BF16 and INT8 inference stay close to FP32 on the real weights and real sentences: every
+/// token's last hidden state points the same way (cosine similarity), yet differs (the reduced
+/// precision really ran).
+#[test]
+fn reduced_precision_hidden_states_stay_close_to_f32() {
+    use distill::models::bert_inference::BertInference;
+    use distill::models::packed::Precision;
+    let dir = minilm_dir();
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!("skipped: {} is missing; run scripts/setup", dir.display());
+        return;
+    }
+    let model = BertModel::load(&dir, &Cpu::default()).unwrap();
+    let tokenizer = distill::tokenize::BertTokenizer::load(&dir, 64).unwrap();
+    let dev = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/SST-2/dev.tsv")).unwrap();
+    let texts: Vec<(&str, Option<&str>)> = dev.lines().skip(1).take(48).map(|l| (l.split('\t').next().unwrap(), None)).collect();
+    let input = BertInput::new(&tokenizer.encode_all(&texts).unwrap(), tokenizer.pad_id);
+    let hidden = model.config.hidden_size;
+    let reference = BertInference::encoder(&model, Precision::F32).last_hidden_state(&input);
+    for (precision, min_cosine) in [(Precision::Bf16, 0.995), (Precision::Int8, 0.98)] {
+        let got = BertInference::encoder(&model, precision).last_hidden_state(&input);
+        let (mut worst, mut max_diff) = (1f64, 0f32);
+        for (b, &len) in input.lengths.iter().enumerate() {
+            for t in 0..len {
+                let at = (b * input.seq + t) * hidden;
+                let (x, y) = (&reference[at..at + hidden], &got[at..at + hidden]);
+                let dot: f64 = x.iter().zip(y).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+                let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+                worst = worst.min(dot / (norm(x) * norm(y)));
+                max_diff = x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(max_diff, f32::max);
+            }
+        }
+        assert!(worst >= min_cosine, "{precision:?}: lowest cosine similarity to f32 {worst:.5}");
+        assert!(max_diff > 1e-4, "{precision:?}: identical to f32 ({max_diff}); did it run in reduced precision?");
+    }
+}

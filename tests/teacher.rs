@@ -281,3 +281,72 @@ eval_every = 3
     changed.teacher.as_mut().unwrap().lr = 4e-5;
     assert_ne!(distill::train::teacher::teacher_dir(&changed), teacher_dir);
 }
+
+/// A tiny teacher saved with labels (as the teacher stage leaves it), so `predict` reads it.
+fn tiny_teacher_dir(seed: u64) -> tempfile::TempDir {
+    let src = tiny_random_dir(seed);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("teacher");
+    load(src.path(), 2).save(&dir, &["negative".into(), "positive".into()]).unwrap();
+    out
+}
+
+fn predict_logits(dir: &Path, precision: &str, portable: bool) -> (Vec<f32>, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_distill"));
+    command.args(["predict", &dir.display().to_string(), "--logits", "--precision", precision]);
+    if portable {
+        command.env("DISTILL_SIMD", "portable");
+    }
+    let mut child = command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"a very good film .\nnot good\nbad bad film\ngood\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("label,logit_negative,logit_positive,text"), "{text}");
+    let logits = text.lines().skip(1).flat_map(|l| l.split(',').skip(1).take(2).map(|v| v.parse::<f32>().unwrap()).collect::<Vec<_>>()).collect();
+    (logits, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `DISTILL_SIMD=portable` forces the portable kernels (as on a CPU without AVX-512, VNNI or
+/// BF16): `distill predict` gives the same logits as the dispatched path in every precision,
+/// and says so in one line where reduced precision loses its instructions.
+#[test]
+fn portable_fallback_matches_the_dispatched_path() {
+    let out = tiny_teacher_dir(8);
+    let dir = out.path().join("teacher");
+    let (f32_logits, _) = predict_logits(&dir, "f32", false);
+    for precision in ["f32", "bf16", "int8"] {
+        let (fast, _) = predict_logits(&dir, precision, false);
+        let (portable, note) = predict_logits(&dir, precision, true);
+        let worst = fast.iter().zip(&portable).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{precision}: dispatched {fast:?} vs portable {portable:?}");
+        assert_eq!(precision != "f32", note.contains("portable path"), "{precision}: {note}");
+        let from_f32 = fast.iter().zip(&f32_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(from_f32 < 0.1, "{precision}: {fast:?} vs f32 {f32_logits:?}");
+    }
+}
+
+/// The transfer set's logits are cached per precision: f32 twice is one pass, int8 is another
+/// pass into another file.
+#[test]
+fn teacher_logits_are_cached_per_precision() {
+    use distill::config::{DeviceName, Precision};
+    use distill::train::teacher::{cached_teacher_logits, TEACHER_INFERENCE_ROWS};
+    use std::sync::atomic::Ordering;
+    let out = tiny_teacher_dir(9);
+    let dir = out.path().join("teacher");
+    let cache = out.path().join("cache");
+    let texts: Vec<(String, Option<String>)> = ["a good film", "not very good", "bad"].iter().map(|t| (t.to_string(), None)).collect();
+    let run = |precision| cached_teacher_logits(&dir, 16, &texts, 2, 2, &cache, DeviceName::Cpu, precision).unwrap();
+    let rows_before = TEACHER_INFERENCE_ROWS.load(Ordering::SeqCst);
+    let first = run(Precision::F32);
+    let again = run(Precision::F32);
+    assert_eq!(first.logits, again.logits);
+    assert_eq!(TEACHER_INFERENCE_ROWS.load(Ordering::SeqCst) - rows_before, 3, "the second f32 call should read the cache");
+    assert!(again.rows_per_s.is_some(), "the cache file keeps the pass's rows/s");
+    let int8 = run(Precision::Int8);
+    assert_eq!(TEACHER_INFERENCE_ROWS.load(Ordering::SeqCst) - rows_before, 6, "int8 is a pass of its own");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+    assert_ne!(first.logits, int8.logits);
+}

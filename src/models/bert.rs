@@ -17,8 +17,10 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use serde::Deserialize;
 
-use super::attention::{attention, attention_values, AttentionShape};
-use super::layers::{contiguous_values, gelu, gelu_values, safetensors_bytes, LayerNorm, Linear, ParamMut};
+use super::attention::{attention, AttentionShape};
+use super::bert_inference::BertInference;
+use super::layers::{gelu, safetensors_bytes, LayerNorm, Linear, ParamMut};
+use super::packed::Precision;
 use super::lstm::{Matrix, Vector};
 use crate::report::write_dir_atomic;
 
@@ -367,41 +369,10 @@ impl BertModel {
         x
     }
 
-    /// Last hidden state `[batch·seq, hidden]` for inference: the same arithmetic as
-    /// [`BertModel::forward`], on plain buffers from layer to layer (no tape, no dfdx tensor
-    /// copies in between), which makes teacher inference markedly faster.
+    /// Last hidden state `[batch·seq, hidden]` for inference (padding rows are zero): the
+    /// same arithmetic as [`BertModel::forward`] in FP32, on plain buffers (see `bert_inference`).
     pub fn last_hidden_state(&self, input: &BertInput) -> Vec<f32> {
-        let h = self.config.hidden_size;
-        let e = &self.embeddings;
-        let (words, positions, types) = (
-            contiguous_values(&e.word_embeddings),
-            contiguous_values(&e.position_embeddings),
-            contiguous_values(&e.token_type_embeddings),
-        );
-        let mut x = vec![0f32; input.ids.len() * h];
-        for (i, row) in x.chunks_exact_mut(h).enumerate() {
-            let (w, p, t) = (input.ids[i] * h, (i % input.seq) * h, input.token_types[i] * h);
-            for j in 0..h {
-                row[j] = words[w + j] + positions[p + j] + types[t + j];
-            }
-        }
-        let mut x = e.layer_norm.apply(&x, h);
-        let mask = input.additive_mask();
-        let rows = input.ids.len();
-        for layer in &self.encoder_layers {
-            let a = &layer.attention_self;
-            let shape = AttentionShape { batch: input.batch(), seq: input.seq, heads: a.num_heads, head_dim: h / a.num_heads };
-            let (q, k, v) = (a.query.apply(&x, rows), a.key.apply(&x, rows), a.value.apply(&x, rows));
-            let (context, _) = attention_values(&q, &k, &v, &mask, shape, None);
-            let mut attended = layer.attention_output.dense.apply(&context, rows);
-            attended.iter_mut().zip(&x).for_each(|(a, r)| *a += r);
-            x = layer.attention_output.layer_norm.apply(&attended, h);
-            let inner = gelu_values(&layer.intermediate.apply(&x, rows));
-            let mut out = layer.output.dense.apply(&inner, rows);
-            out.iter_mut().zip(&x).for_each(|(o, r)| *o += r);
-            x = layer.output.layer_norm.apply(&out, h);
-        }
-        x
+        BertInference::encoder(self, Precision::F32).last_hidden_state(input)
     }
 
     /// The pooler output `tanh(dense(h_[CLS]))` `[batch, hidden]` from the last hidden state.
@@ -507,14 +478,10 @@ impl BertForSequenceClassification {
         self.forward(self.bert.embeddings.word_embeddings.leaky_trace(), input, dropout)
     }
 
-    /// Logits without dropout or tape, row-major `[batch, num_labels]`.
+    /// Logits without dropout or tape, row-major `[batch, num_labels]`, in FP32. To run many
+    /// batches, build a [`BertInference`] once instead (this packs the weights on every call).
     pub fn predict_logits(&self, input: &BertInput) -> Vec<f32> {
-        let h = self.bert.config.hidden_size;
-        let hidden = self.bert.last_hidden_state(input);
-        let cls: Vec<f32> = (0..input.batch()).flat_map(|b| hidden[b * input.seq * h..(b * input.seq + 1) * h].iter().copied()).collect();
-        let pooler = self.bert.pooler.as_ref().expect("load() always sets a pooler");
-        let pooled: Vec<f32> = pooler.apply(&cls, input.batch()).into_iter().map(f32::tanh).collect();
-        self.classifier.apply(&pooled, input.batch())
+        BertInference::new(self, Precision::F32).logits(input)
     }
 
     /// Parameters with their HF names (`bert.…`, `classifier.…`).

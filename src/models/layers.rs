@@ -325,6 +325,30 @@ pub fn gelu_values(xs: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Exact GELU in place (the packed GEMMs fuse it after the bias).
+pub fn gelu_in_place(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: each variant runs only where the CPU reports its features.
+        if is_x86_feature_detected!("avx512f") {
+            return unsafe { gelu_in_place_avx512(xs) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return unsafe { gelu_in_place_avx2(xs) };
+        }
+    }
+    gelu_in_place_generic(xs)
+}
+
+#[inline(always)]
+fn gelu_in_place_generic(xs: &mut [f32]) {
+    for v in xs.iter_mut() {
+        *v *= std_normal_cdf(*v);
+    }
+}
+
+dispatch!(gelu_in_place_generic, gelu_in_place_avx512, gelu_in_place_avx2, (xs: &mut [f32]));
+
 #[inline(always)]
 fn gelu_forward_generic(x: &[f32], out: &mut [f32]) {
     for (o, &v) in out.iter_mut().zip(x) {

@@ -35,3 +35,48 @@ macro_rules! dispatch {
 }
 
 pub(crate) use dispatch;
+
+/// The instruction-set extensions the hand-written kernels can use, read once per process.
+/// `DISTILL_SIMD=portable` turns them all off (the portable paths then run everywhere, as on
+/// a CPU without them), which is how the fallbacks are checked on a machine that has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuFeatures {
+    pub avx2_fma: bool,
+    pub avx512f: bool,
+    /// AVX512-VNNI (with AVX512BW): 64 u8·i8 products into 16 i32 lanes per instruction.
+    pub avx512_vnni: bool,
+    /// AVX-VNNI: the same dot products on 256-bit registers (Intel since Alder Lake, AMD Zen 5).
+    pub avx_vnni: bool,
+    /// AVX512-BF16: pairs of bf16 products into f32 lanes.
+    pub avx512_bf16: bool,
+}
+
+impl CpuFeatures {
+    pub const NONE: CpuFeatures =
+        CpuFeatures { avx2_fma: false, avx512f: false, avx512_vnni: false, avx_vnni: false, avx512_bf16: false };
+
+    fn detect() -> CpuFeatures {
+        if std::env::var("DISTILL_SIMD").is_ok_and(|v| v.eq_ignore_ascii_case("portable")) {
+            return CpuFeatures::NONE;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx512f = is_x86_feature_detected!("avx512f");
+            CpuFeatures {
+                avx2_fma: is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+                avx512f,
+                avx512_vnni: avx512f && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni"),
+                avx_vnni: is_x86_feature_detected!("avx2") && is_x86_feature_detected!("avxvnni"),
+                avx512_bf16: avx512f && is_x86_feature_detected!("avx512bf16"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        CpuFeatures::NONE
+    }
+}
+
+/// This CPU's features (all off under `DISTILL_SIMD=portable`).
+pub fn cpu_features() -> CpuFeatures {
+    static FEATURES: std::sync::OnceLock<CpuFeatures> = std::sync::OnceLock::new();
+    *FEATURES.get_or_init(CpuFeatures::detect)
+}

@@ -15,6 +15,7 @@ use super::{evaluate, EncodedSet, RunContext};
 use crate::augment::{join_words, Augmenter};
 use crate::config::expand_path;
 use crate::models::bert::BertForSequenceClassification;
+use crate::models::bert_inference::BertInference;
 use crate::report::{write_atomic, ResultRow};
 use crate::tokenize::BertTokenizer;
 
@@ -67,7 +68,7 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
     let texts: Vec<(String, Option<String>)> =
         transfer.iter().map(|r| (teacher_text(&r.a), r.b.as_deref().map(teacher_text))).collect();
     let cache_dir = expand_path(&exp.out_dir).join("cache");
-    let logits = cached_teacher_logits(
+    let teacher_pass = cached_teacher_logits(
         &teacher_path,
         teacher_max_len,
         &texts,
@@ -75,7 +76,9 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
         setup.task.num_labels(),
         &cache_dir,
         exp.device,
+        cfg.teacher_precision,
     )?;
+    let logits = teacher_pass.logits;
     let train_set = EncodedSet::from_transfer(&transfer, &setup.encoder, language, student_cfg.max_seq_len);
 
     let settings = FitSettings {
@@ -95,7 +98,12 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
     let dev = Cpu::default();
     let mut teacher = BertForSequenceClassification::load(&teacher_path, setup.task.num_labels(), &dev, &mut StdRng::seed_from_u64(0))?;
     let tokenizer = BertTokenizer::load(&teacher_path, teacher_max_len)?;
-    let teacher_eval = evaluate_teacher(&teacher, &TeacherSet::new(&setup.dev, &tokenizer)?, tokenizer.pad_id, cfg.teacher_batch_size);
+    let teacher_eval = evaluate_teacher(
+        &BertInference::new(&teacher, cfg.teacher_precision),
+        &TeacherSet::new(&setup.dev, &tokenizer)?,
+        tokenizer.pad_id,
+        cfg.teacher_batch_size,
+    );
     let student_eval = evaluate(&setup.model, &setup.dev_set, setup.encoder.vocab().unk_id, 256);
     let summary = DistillSummary {
         teacher_params: teacher.num_params(),
@@ -108,11 +116,14 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
         speedup: student_eval.sentences_per_s / teacher_eval.sentences_per_s,
         transfer_rows: transfer.len(),
         n_iter: exp.augment.n_iter,
+        teacher_precision: cfg.teacher_precision.name(),
+        teacher_pass_rows_per_s: teacher_pass.rows_per_s,
     };
     eprintln!(
-        "teacher {} parameters, {:.0} dev sentences/s; student {} parameters, {:.0} dev sentences/s: {:.1}× smaller, {:.1}× faster",
+        "teacher {} parameters, {:.0} dev sentences/s ({}); student {} parameters, {:.0} dev sentences/s: {:.1}× smaller, {:.1}× faster",
         summary.teacher_params,
         summary.teacher_dev_sentences_per_s,
+        summary.teacher_precision,
         summary.student_params,
         summary.student_dev_sentences_per_s,
         summary.params_ratio,
@@ -137,4 +148,8 @@ struct DistillSummary {
     speedup: f64,
     transfer_rows: usize,
     n_iter: usize,
+    /// The number format of the teacher's transfer-set pass and of its dev figures here.
+    teacher_precision: &'static str,
+    /// Rows/s of the transfer set's teacher pass (when it ran; from the cache file's record).
+    teacher_pass_rows_per_s: Option<f64>,
 }

@@ -20,6 +20,8 @@ use crate::config::{expand_path, DataConfig, DeviceName, Experiment, TaskName, T
 use crate::data::{Dataset, Task};
 use crate::metrics::{argmax_rows, Metrics};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
+use crate::models::bert_inference::BertInference;
+use crate::models::packed::{missing_instruction_note, Precision};
 use crate::optim::{clip_grad_norm, Optimizer};
 use crate::report::{write_atomic, MetricsLog, ResultRow};
 use sha2::{Digest, Sha256};
@@ -73,14 +75,8 @@ pub fn bucketed_batches(lengths: &[usize], batch_size: usize, rng: &mut StdRng) 
 
 /// Logits `[rows, num_labels]` (row-major, in input order) of pre-encoded rows, in
 /// length-sorted batches, with a progress bar labelled `what`.
-pub fn logits_of_rows(
-    model: &BertForSequenceClassification,
-    rows: &[(Vec<u32>, Vec<u32>)],
-    pad_id: u32,
-    batch_size: usize,
-    what: &str,
-) -> Vec<f32> {
-    logits_of_rows_with(rows, model.num_labels(), pad_id, batch_size, what, |input| Ok(model.predict_logits(input)))
+pub fn logits_of_rows(teacher: &BertInference, rows: &[(Vec<u32>, Vec<u32>)], pad_id: u32, batch_size: usize, what: &str) -> Vec<f32> {
+    logits_of_rows_with(rows, teacher.num_labels(), pad_id, batch_size, what, |input| Ok(teacher.logits(input)))
         .expect("CPU inference cannot fail")
 }
 
@@ -111,21 +107,21 @@ pub fn logits_of_rows_with(
 
 /// Teacher logits for texts (or pairs), batched, with a progress bar and ETA.
 pub fn teacher_logits(
-    model: &BertForSequenceClassification,
+    teacher: &BertInference,
     tokenizer: &BertTokenizer,
     texts: &[(&str, Option<&str>)],
     batch_size: usize,
 ) -> Result<Vec<f32>> {
     let rows = tokenizer.encode_all(texts)?;
     TEACHER_INFERENCE_ROWS.fetch_add(rows.len(), Ordering::Relaxed);
-    Ok(logits_of_rows(model, &rows, tokenizer.pad_id, batch_size, "teacher inference"))
+    Ok(logits_of_rows(teacher, &rows, tokenizer.pad_id, batch_size, "teacher inference"))
 }
 
 /// Dev metrics, loss and inference speed of the teacher on `set`.
-pub fn evaluate_teacher(model: &BertForSequenceClassification, set: &TeacherSet, pad_id: u32, batch_size: usize) -> Evaluation {
-    let classes = model.num_labels();
+pub fn evaluate_teacher(teacher: &BertInference, set: &TeacherSet, pad_id: u32, batch_size: usize) -> Evaluation {
+    let classes = teacher.num_labels();
     let start = Instant::now();
-    let logits = logits_of_rows(model, &set.rows, pad_id, batch_size, "teacher eval");
+    let logits = logits_of_rows(teacher, &set.rows, pad_id, batch_size, "teacher eval");
     let elapsed = start.elapsed().as_secs_f64();
     Evaluation {
         metrics: Metrics::compute(&argmax_rows(&logits, classes), &set.labels, classes),
@@ -246,7 +242,9 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
             let end_of_epoch = epoch_batches == steps_per_epoch;
             if end_of_epoch || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) {
                 let train_loss = epoch_loss / epoch_batches as f64;
-                let eval = bar.suspend(|| evaluate_teacher(&model, &dev_set, tokenizer.pad_id, cfg.eval_batch_size));
+                let eval = bar.suspend(|| {
+                    evaluate_teacher(&BertInference::new(&model, Precision::F32), &dev_set, tokenizer.pad_id, cfg.eval_batch_size)
+                });
                 let elapsed = start.elapsed().as_secs_f64();
                 log.push_evaluation("teacher", step, epoch, train_loss, eval.loss, eval.metrics, elapsed)?;
                 let improved = best.as_ref().is_none_or(|(_, m)| eval.metrics.accuracy > m.accuracy);
@@ -270,7 +268,7 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
     let (best_epoch, dev_metrics) = best.expect("at least one evaluation ran");
     // Reload the kept dir: checks that it round-trips and times inference on an idle model.
     let (saved, saved_tokenizer) = reload_saved(&teacher_dir, cfg, &task, &dev_cpu)?;
-    let check = evaluate_teacher(&saved, &dev_set, saved_tokenizer.pad_id, cfg.eval_batch_size);
+    let check = evaluate_teacher(&BertInference::new(&saved, Precision::F32), &dev_set, saved_tokenizer.pad_id, cfg.eval_batch_size);
     if (check.metrics.accuracy - dev_metrics.accuracy).abs() > 1e-9 {
         bail!(
             "{}: the saved teacher scores dev accuracy {:.4}, not the {:.4} it had when saved",
@@ -318,9 +316,19 @@ pub fn finished_teacher(dir: &Path) -> Result<Option<ResultRow>> {
 /// Rows run through [`teacher_logits`] in this process (tests check that a cache hit costs none).
 pub static TEACHER_INFERENCE_ROWS: AtomicUsize = AtomicUsize::new(0);
 
+/// The transfer set's teacher logits, and the speed of the pass that made them.
+pub struct TransferLogits {
+    /// `[rows, num_labels]`, row-major.
+    pub logits: Vec<f32>,
+    /// Rows per second of the teacher pass (as measured when the cache file was written).
+    pub rows_per_s: Option<f64>,
+}
+
 /// Teacher logits for texts (or pairs), computed once per (teacher weights, max length,
-/// texts) and cached in `cache_dir` as safetensors; later calls with the same inputs read
-/// the file.
+/// precision, texts) and cached in `cache_dir` as safetensors; later calls with the same
+/// inputs read the file. FP32 keys are those of earlier versions (the precision is hashed
+/// only when it is not f32), so existing caches stay valid.
+#[allow(clippy::too_many_arguments)]
 pub fn cached_teacher_logits(
     teacher_dir: &Path,
     max_seq_len: usize,
@@ -329,7 +337,8 @@ pub fn cached_teacher_logits(
     num_labels: usize,
     cache_dir: &Path,
     device: DeviceName,
-) -> Result<Vec<f32>> {
+    precision: Precision,
+) -> Result<TransferLogits> {
     let mut hasher = Sha256::new();
     for file in ["model.safetensors", "config.json"] {
         let path = teacher_dir.join(file);
@@ -337,6 +346,9 @@ pub fn cached_teacher_logits(
         hasher.update(Sha256::digest(&bytes));
     }
     hasher.update(max_seq_len.to_le_bytes());
+    if !precision.is_f32() {
+        hasher.update(format!("precision={}", precision.name()).as_bytes());
+    }
     for (a, b) in texts {
         hasher.update(a.as_bytes());
         hasher.update([0u8]);
@@ -349,11 +361,14 @@ pub fn cached_teacher_logits(
     let path = cache_dir.join(format!("teacher-logits-{key}.safetensors"));
     if path.is_file() {
         let bytes = std::fs::read(&path)?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{}: corrupt cache file; delete it", path.display()))?;
+        let rows_per_s = header.metadata().as_ref().and_then(|m| m.get("rows_per_s")).and_then(|v| v.parse().ok());
         let tensors = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("{}: corrupt cache file; delete it", path.display()))?;
         let view = tensors.tensor("logits").with_context(|| format!("{}: corrupt cache file; delete it", path.display()))?;
         if view.shape() == [texts.len(), num_labels] {
-            eprintln!("teacher logits: reusing {} ({} rows)", path.display(), texts.len());
-            return Ok(view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect());
+            eprintln!("teacher logits: reusing {} ({} rows, {})", path.display(), texts.len(), precision.name());
+            let logits = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            return Ok(TransferLogits { logits, rows_per_s });
         }
     }
     let dev = Cpu::default();
@@ -362,8 +377,16 @@ pub fn cached_teacher_logits(
     let refs: Vec<(&str, Option<&str>)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
     let t0 = Instant::now();
     let logits = match device {
-        DeviceName::Cpu => teacher_logits(&model, &tokenizer, &refs, batch_size)?,
+        DeviceName::Cpu => {
+            if let Some(note) = missing_instruction_note(precision) {
+                eprintln!("{note}");
+            }
+            teacher_logits(&BertInference::new(&model, precision), &tokenizer, &refs, batch_size)?
+        }
         DeviceName::Cuda => {
+            if !precision.is_f32() {
+                eprintln!("note: distill.teacher_precision = {:?} applies to the CPU; the GPU computes in f32", precision.name());
+            }
             let gpu = crate::gpu::bert::GpuBert::new(crate::gpu::Gpu::new()?, &model)?;
             eprintln!("teacher logits: on the GPU ({})", gpu.gpu().name());
             let rows = tokenizer.encode_all(&refs)?;
@@ -371,18 +394,23 @@ pub fn cached_teacher_logits(
             logits_of_rows_with(&rows, num_labels, tokenizer.pad_id, batch_size, "teacher inference (GPU)", |input| gpu.predict_logits(input))?
         }
     };
+    let seconds = t0.elapsed().as_secs_f64();
+    let rows_per_s = texts.len() as f64 / seconds.max(1e-9);
     eprintln!(
-        "teacher logits: {} rows in {:.0} s ({:.0} sentences/s); cached in {}",
+        "teacher logits: {} rows in {seconds:.0} s ({rows_per_s:.0} rows/s, {}); cached in {}",
         texts.len(),
-        t0.elapsed().as_secs_f64(),
-        texts.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+        precision.name(),
         path.display()
     );
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![texts.len(), num_labels], &bytes)?;
-    let metadata = std::collections::HashMap::from([("teacher".to_string(), teacher_dir.display().to_string())]);
+    let metadata = std::collections::HashMap::from([
+        ("teacher".to_string(), teacher_dir.display().to_string()),
+        ("precision".to_string(), precision.name().to_string()),
+        ("rows_per_s".to_string(), format!("{rows_per_s:.1}")),
+    ]);
     write_atomic(&path, &safetensors::serialize([("logits", view)], Some(metadata))?)?;
-    Ok(logits)
+    Ok(TransferLogits { logits, rows_per_s: Some(rows_per_s) })
 }
 
 fn reload_saved(dir: &Path, cfg: &TeacherConfig, task: &Task, dev: &Cpu) -> Result<(BertForSequenceClassification, BertTokenizer)> {
