@@ -419,7 +419,8 @@ fn compare(
     line("inference", med(&ours, |t| t.infer_sentences_per_s), torch_med(|t| t.infer_sentences_per_s));
     // Reduced precision: each beside its like (PyTorch bf16 autocast, dynamic int8), and
     // beside PyTorch's FP32, the baseline users compare with.
-    let reduced: [(&str, fn(&Throughput) -> Option<f64>); 2] =
+    type ReducedRate = fn(&Throughput) -> Option<f64>;
+    let reduced: [(&str, ReducedRate); 2] =
         [("bf16", |t| t.infer_bf16_sentences_per_s), ("int8", |t| t.infer_int8_sentences_per_s)];
     for (name, get) in reduced {
         if ours.iter().all(|t| get(t).is_some()) {

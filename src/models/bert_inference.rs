@@ -174,9 +174,8 @@ impl BertInference {
         let mut x = vec![0f32; rows * h];
         for (row, &i) in x.chunks_exact_mut(h).zip(&tokens) {
             let (w, p, t) = (input.ids[i] * h, (i % input.seq) * h, input.token_types[i] * h);
-            for j in 0..h {
-                row[j] = self.word_embeddings[w + j] + self.position_embeddings[p + j] + self.token_type_embeddings[t + j];
-            }
+            let parts = self.word_embeddings[w..w + h].iter().zip(&self.position_embeddings[p..p + h]).zip(&self.token_type_embeddings[t..t + h]);
+            row.iter_mut().zip(parts).for_each(|(x, ((w, p), t))| *x = w + p + t);
         }
         self.embeddings_norm.apply(&mut x, &[]);
         for layer in &self.layers {

@@ -119,11 +119,6 @@ impl LayerNorm {
         self.forward_values(&a, sum, tape_a.merge(tape_b), inputs)
     }
 
-    /// `LayerNorm` of plain values (`rows × dim`), for tape-free inference.
-    pub fn apply(&self, xs: &[f32], dim: usize) -> Vec<f32> {
-        self.normalize(xs, dim).2
-    }
-
     /// (x̂, 1/σ per row, γ·x̂ + β) of `rows × dim` values, rows in parallel.
     fn normalize(&self, xs: &[f32], dim: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         use rayon::prelude::*;

@@ -441,6 +441,7 @@ use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // `ws[c]` and `acc[c]` side by side
 unsafe fn f32_avx512<const R: usize>(a: *const f32, lda: usize, panel: *const f32, depth: usize, out: &mut [[f32; NR]; MR]) {
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     for kk in 0..depth {
@@ -484,15 +485,16 @@ unsafe fn f32_avx2<const R: usize>(a: *const f32, lda: usize, panel: *const f32,
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::needless_range_loop)] // `ws[c]` and `acc[c]` side by side
 unsafe fn bf16_avx512<const R: usize>(a: *const u16, lda: usize, panel: *const u16, pairs: usize, out: &mut [[f32; NR]; MR]) {
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     for g in 0..pairs {
         let w = panel.add(g * NR * 2) as *const __m512i;
         let ws: [__m512bh; 4] = [
-            std::mem::transmute(_mm512_loadu_si512(w)),
-            std::mem::transmute(_mm512_loadu_si512(w.add(1))),
-            std::mem::transmute(_mm512_loadu_si512(w.add(2))),
-            std::mem::transmute(_mm512_loadu_si512(w.add(3))),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(w)),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(w.add(1))),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(w.add(2))),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(w.add(3))),
         ];
         for (i, acc) in acc.iter_mut().enumerate() {
             let pair = (a.add(i * lda + 2 * g) as *const i32).read_unaligned();
@@ -511,6 +513,7 @@ unsafe fn bf16_avx512<const R: usize>(a: *const u16, lda: usize, panel: *const u
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::needless_range_loop)] // `ws[c]` and `acc[c]` side by side
 unsafe fn int8_avx512<const R: usize>(a: *const u8, lda: usize, panel: *const i8, groups: usize, out: &mut [[i32; NR]; MR]) {
     let mut acc = [[_mm512_setzero_si512(); 4]; R];
     for g in 0..groups {
