@@ -169,7 +169,7 @@ impl BertInference {
     fn encode(&self, input: &BertInput) -> Vec<f32> {
         let h = self.hidden;
         let tokens: Vec<usize> =
-            input.lengths.iter().enumerate().flat_map(|(b, &len)| (0..len).map(move |t| b * input.seq + t)).collect();
+            kept_lengths(input).into_iter().enumerate().flat_map(|(b, len)| (0..len).map(move |t| b * input.seq + t)).collect();
         let rows = tokens.len();
         let mut x = vec![0f32; rows * h];
         for (row, &i) in x.chunks_exact_mut(h).zip(&tokens) {
@@ -180,7 +180,7 @@ impl BertInference {
         self.embeddings_norm.apply(&mut x, &[]);
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x, rows, Activation::None);
-            let context = self.attention(&qkv, &input.lengths);
+            let context = self.attention(&qkv, &kept_lengths(input));
             let mut attended = layer.attention_output.forward(&context, rows, Activation::None);
             layer.attention_norm.apply(&mut attended, &x);
             let inner = layer.intermediate.forward(&attended, rows, Activation::Gelu);
@@ -215,7 +215,7 @@ impl BertInference {
         let encoded = self.encode(input);
         let mut out = vec![0f32; input.batch() * input.seq * h];
         let mut offset = 0;
-        for (b, &len) in input.lengths.iter().enumerate() {
+        for (b, len) in kept_lengths(input).into_iter().enumerate() {
             out[b * input.seq * h..(b * input.seq + len) * h].copy_from_slice(&encoded[offset * h..(offset + len) * h]);
             offset += len;
         }
@@ -229,7 +229,7 @@ impl BertInference {
         let encoded = self.encode(input);
         let mut cls = Vec::with_capacity(input.batch() * h);
         let mut offset = 0;
-        for &len in &input.lengths {
+        for len in kept_lengths(input) {
             cls.extend_from_slice(&encoded[offset * h..(offset + 1) * h]);
             offset += len;
         }
@@ -237,6 +237,12 @@ impl BertInference {
         pooled.iter_mut().for_each(|v| *v = v.tanh());
         classifier.forward(&pooled, input.batch(), Activation::None)
     }
+}
+
+/// Tokens kept per example: its length, but at least one (an empty row still gets a [CLS]
+/// position, padding, as the padded graph gives it).
+fn kept_lengths(input: &BertInput) -> Vec<usize> {
+    input.lengths.iter().map(|&len| len.clamp(1, input.seq)).collect()
 }
 
 /// One example's attention, all heads: `qkv` is `[len, 3·hidden]`, `out` is `[len, hidden]`.
