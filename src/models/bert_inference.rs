@@ -39,21 +39,7 @@ impl Norm {
     }
 }
 
-fn add_norm_row(row: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: each variant runs only where the CPU reports its features.
-        if is_x86_feature_detected!("avx512f") {
-            return unsafe { add_norm_row_avx512(row, residual, gamma, beta, eps) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return unsafe { add_norm_row_avx2(row, residual, gamma, beta, eps) };
-        }
-    }
-    add_norm_row_generic(row, residual, gamma, beta, eps)
-}
-
-dispatch!(add_norm_row_generic, add_norm_row_avx512, add_norm_row_avx2, (row: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32));
+dispatch!(fn add_norm_row = add_norm_row_generic(row: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32));
 
 /// Sum of `values` in sixteen running lanes (so it vectorises), then across them.
 #[inline(always)]
@@ -165,11 +151,14 @@ impl BertInference {
         self.head.as_ref().map_or(0, |(_, classifier)| classifier.outputs())
     }
 
-    /// The last hidden state of every real token, `[Σ lengths, hidden]`, example after example.
-    fn encode(&self, input: &BertInput) -> Vec<f32> {
+    /// The last hidden state of every kept token, `[Σ lengths, hidden]`, example after example,
+    /// and the tokens kept per example: its length, but at least one (an empty row still gets a
+    /// [CLS] position, padding, as the padded graph gives it).
+    fn encode(&self, input: &BertInput) -> (Vec<f32>, Vec<usize>) {
         let h = self.hidden;
+        let lengths: Vec<usize> = input.lengths.iter().map(|&len| len.clamp(1, input.seq)).collect();
         let tokens: Vec<usize> =
-            kept_lengths(input).into_iter().enumerate().flat_map(|(b, len)| (0..len).map(move |t| b * input.seq + t)).collect();
+            lengths.iter().enumerate().flat_map(|(b, &len)| (0..len).map(move |t| b * input.seq + t)).collect();
         let rows = tokens.len();
         let mut x = vec![0f32; rows * h];
         for (row, &i) in x.chunks_exact_mut(h).zip(&tokens) {
@@ -180,14 +169,14 @@ impl BertInference {
         self.embeddings_norm.apply(&mut x, &[]);
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x, rows, Activation::None);
-            let context = self.attention(&qkv, &kept_lengths(input));
+            let context = self.attention(&qkv, &lengths);
             let mut attended = layer.attention_output.forward(&context, rows, Activation::None);
             layer.attention_norm.apply(&mut attended, &x);
             let inner = layer.intermediate.forward(&attended, rows, Activation::Gelu);
             x = layer.output.forward(&inner, rows, Activation::None);
             layer.output_norm.apply(&mut x, &attended);
         }
-        x
+        (x, lengths)
     }
 
     /// Context `[Σ lengths, hidden]` from stacked `[query | key | value]` rows; each example
@@ -212,10 +201,10 @@ impl BertInference {
     /// Last hidden state `[batch·seq, hidden]` (padding rows are zero).
     pub fn last_hidden_state(&self, input: &BertInput) -> Vec<f32> {
         let h = self.hidden;
-        let encoded = self.encode(input);
+        let (encoded, lengths) = self.encode(input);
         let mut out = vec![0f32; input.batch() * input.seq * h];
         let mut offset = 0;
-        for (b, len) in kept_lengths(input).into_iter().enumerate() {
+        for (b, len) in lengths.into_iter().enumerate() {
             out[b * input.seq * h..(b * input.seq + len) * h].copy_from_slice(&encoded[offset * h..(offset + len) * h]);
             offset += len;
         }
@@ -226,10 +215,10 @@ impl BertInference {
     pub fn logits(&self, input: &BertInput) -> Vec<f32> {
         let h = self.hidden;
         let (pooler, classifier) = self.head.as_ref().expect("BertInference::new builds the head");
-        let encoded = self.encode(input);
+        let (encoded, lengths) = self.encode(input);
         let mut cls = Vec::with_capacity(input.batch() * h);
         let mut offset = 0;
-        for len in kept_lengths(input) {
+        for len in lengths {
             cls.extend_from_slice(&encoded[offset * h..(offset + 1) * h]);
             offset += len;
         }
@@ -239,28 +228,10 @@ impl BertInference {
     }
 }
 
-/// Tokens kept per example: its length, but at least one (an empty row still gets a [CLS]
-/// position, padding, as the padded graph gives it).
-fn kept_lengths(input: &BertInput) -> Vec<usize> {
-    input.lengths.iter().map(|&len| len.clamp(1, input.seq)).collect()
-}
-
-/// One example's attention, all heads: `qkv` is `[len, 3·hidden]`, `out` is `[len, hidden]`.
-fn attend_example(qkv: &[f32], out: &mut [f32], heads: usize, head_dim: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: each variant runs only where the CPU reports its features.
-        if is_x86_feature_detected!("avx512f") {
-            return unsafe { attend_example_avx512(qkv, out, heads, head_dim) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return unsafe { attend_example_avx2(qkv, out, heads, head_dim) };
-        }
-    }
-    attend_example_generic(qkv, out, heads, head_dim)
-}
-
-dispatch!(attend_example_generic, attend_example_avx512, attend_example_avx2, (qkv: &[f32], out: &mut [f32], heads: usize, head_dim: usize));
+dispatch!(
+    /// One example's attention, all heads: `qkv` is `[len, 3·hidden]`, `out` is `[len, hidden]`.
+    fn attend_example = attend_example_generic(qkv: &[f32], out: &mut [f32], heads: usize, head_dim: usize)
+);
 
 /// Keys and value columns per block (one 16-lane register); fixed-size blocks let the
 /// compiler keep the sums in registers.

@@ -105,38 +105,14 @@ fn backward_generic(
     }
 }
 
-dispatch!(forward_generic, forward_avx512, forward_avx2, (gates: &mut [f32], c: &mut [f32], h: &mut [f32], hidden: usize));
-dispatch!(backward_generic, backward_avx512, backward_avx2, (gates: &[f32], cells: &[f32], prev_cells: &[f32], dh: &[f32], dc: &mut [f32], d_gates: &mut [f32], hidden: usize));
-
-/// See [`forward_generic`].
-pub fn forward(gates: &mut [f32], c: &mut [f32], h: &mut [f32], hidden: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: each variant runs only where the CPU reports its features.
-        if is_x86_feature_detected!("avx512f") {
-            return unsafe { forward_avx512(gates, c, h, hidden) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return unsafe { forward_avx2(gates, c, h, hidden) };
-        }
-    }
-    forward_generic(gates, c, h, hidden)
-}
-
-/// See [`backward_generic`].
-pub fn backward(gates: &[f32], cells: &[f32], prev_cells: &[f32], dh: &[f32], dc: &mut [f32], d_gates: &mut [f32], hidden: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: each variant runs only where the CPU reports its features.
-        if is_x86_feature_detected!("avx512f") {
-            return unsafe { backward_avx512(gates, cells, prev_cells, dh, dc, d_gates, hidden) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return unsafe { backward_avx2(gates, cells, prev_cells, dh, dc, d_gates, hidden) };
-        }
-    }
-    backward_generic(gates, cells, prev_cells, dh, dc, d_gates, hidden)
-}
+dispatch!(
+    /// See [`forward_generic`].
+    pub fn forward = forward_generic(gates: &mut [f32], c: &mut [f32], h: &mut [f32], hidden: usize)
+);
+dispatch!(
+    /// See [`backward_generic`].
+    pub fn backward = backward_generic(gates: &[f32], cells: &[f32], prev_cells: &[f32], dh: &[f32], dc: &mut [f32], d_gates: &mut [f32], hidden: usize)
+);
 
 #[cfg(test)]
 mod tests {

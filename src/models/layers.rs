@@ -320,21 +320,6 @@ pub fn gelu_values(xs: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Exact GELU in place (the packed GEMMs fuse it after the bias).
-pub fn gelu_in_place(xs: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: each variant runs only where the CPU reports its features.
-        if is_x86_feature_detected!("avx512f") {
-            return unsafe { gelu_in_place_avx512(xs) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return unsafe { gelu_in_place_avx2(xs) };
-        }
-    }
-    gelu_in_place_generic(xs)
-}
-
 #[inline(always)]
 fn gelu_in_place_generic(xs: &mut [f32]) {
     for v in xs.iter_mut() {
@@ -342,7 +327,10 @@ fn gelu_in_place_generic(xs: &mut [f32]) {
     }
 }
 
-dispatch!(gelu_in_place_generic, gelu_in_place_avx512, gelu_in_place_avx2, (xs: &mut [f32]));
+dispatch!(
+    /// Exact GELU in place (the packed GEMMs fuse it after the bias).
+    pub fn gelu_in_place = gelu_in_place_generic(xs: &mut [f32])
+);
 
 #[inline(always)]
 fn gelu_forward_generic(x: &[f32], out: &mut [f32]) {
@@ -360,36 +348,8 @@ fn gelu_backward_generic(x: &[f32], d_out: &[f32], d_x: &mut [f32]) {
     }
 }
 
-dispatch!(gelu_forward_generic, gelu_forward_avx512, gelu_forward_avx2, (x: &[f32], out: &mut [f32]));
-dispatch!(gelu_backward_generic, gelu_backward_avx512, gelu_backward_avx2, (x: &[f32], d_out: &[f32], d_x: &mut [f32]));
-
-fn gelu_forward_kernel(x: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: each variant runs only where the CPU reports its features.
-        if is_x86_feature_detected!("avx512f") {
-            return unsafe { gelu_forward_avx512(x, out) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return unsafe { gelu_forward_avx2(x, out) };
-        }
-    }
-    gelu_forward_generic(x, out)
-}
-
-fn gelu_backward_kernel(x: &[f32], d_out: &[f32], d_x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: as above.
-        if is_x86_feature_detected!("avx512f") {
-            return unsafe { gelu_backward_avx512(x, d_out, d_x) };
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return unsafe { gelu_backward_avx2(x, d_out, d_x) };
-        }
-    }
-    gelu_backward_generic(x, d_out, d_x)
-}
+dispatch!(fn gelu_forward_kernel = gelu_forward_generic(x: &[f32], out: &mut [f32]));
+dispatch!(fn gelu_backward_kernel = gelu_backward_generic(x: &[f32], d_out: &[f32], d_x: &mut [f32]));
 
 /// Φ(x) = (1 + erf(x/√2)) / 2, with erf from Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7).
 #[inline(always)]

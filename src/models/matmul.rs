@@ -124,7 +124,7 @@ impl PackedRhs {
     pub fn matmul_acc(&self, out: &mut [f32], a: &[f32], m: usize) {
         assert!(a.len() >= m * self.k && out.len() >= m * self.n, "packed matmul: slices too small");
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
+        if super::simd::cpu_features().avx512f {
             // SAFETY: the CPU has AVX-512F; the assert above bounds every access.
             unsafe { avx512::matmul_acc(self, out, a, m) };
             return;

@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 
 use super::layers::gelu_in_place;
-use super::simd::{cpu_features, CpuFeatures};
+use super::simd::{cpu_features, dispatch, CpuFeatures};
 
 /// The number format of teacher inference.
 #[derive(clap::ValueEnum, serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -136,7 +136,6 @@ pub struct PackedLinear {
     depth: usize,
     bias: Vec<f32>,
     panels: Panels,
-    kernel: Kernel,
 }
 
 impl PackedLinear {
@@ -161,7 +160,7 @@ impl PackedLinear {
                 Panels::Int8 { values, scales, col_sums }
             }
         };
-        PackedLinear { inputs, outputs, depth, bias: bias.to_vec(), panels, kernel: Kernel::best(precision) }
+        PackedLinear { inputs, outputs, depth, bias: bias.to_vec(), panels }
     }
 
     pub fn precision(&self) -> Precision {
@@ -178,7 +177,7 @@ impl PackedLinear {
 
     /// `rows × inputs` → `rows × outputs`, rows in parallel, with this CPU's fastest kernel.
     pub fn forward(&self, x: &[f32], rows: usize, activation: Activation) -> Vec<f32> {
-        self.forward_with(self.kernel, x, rows, activation)
+        self.forward_with(Kernel::best(self.precision()), x, rows, activation)
     }
 
     /// [`PackedLinear::forward`] with a given kernel (it must be one this CPU runs).
@@ -194,44 +193,40 @@ impl PackedLinear {
         if rows == 0 {
             return out;
         }
-        let features = cpu_features();
-        out.par_chunks_mut(ROWS_PER_TASK * n).zip(x[..rows * k].par_chunks(ROWS_PER_TASK * k)).for_each(|(out, x)| {
-            // The code around the kernels (quantising, bias, dequantising) vectorises too when
-            // compiled for the CPU's widest registers.
-            #[cfg(target_arch = "x86_64")]
-            {
-                // SAFETY: each variant runs only where the CPU reports its features.
-                if features.avx512f {
-                    return unsafe { block_avx512(self, kernel, x, out, activation) };
-                }
-                if features.avx2_fma {
-                    return unsafe { block_avx2(self, kernel, x, out, activation) };
-                }
-            }
-            block_generic(self, kernel, x, out, activation)
-        });
+        // The code around the kernels (quantising, bias, dequantising) vectorises too when
+        // compiled for the CPU's widest registers.
+        out.par_chunks_mut(ROWS_PER_TASK * n)
+            .zip(x[..rows * k].par_chunks(ROWS_PER_TASK * k))
+            .for_each(|(out, x)| block(self, kernel, x, out, activation));
         out
     }
 
     /// One task's rows: the inputs in the kernel's format, then every panel.
     #[inline(always)]
     fn block(&self, kernel: Kernel, x: &[f32], out: &mut [f32]) {
-        let (k, n, depth) = (self.inputs, self.outputs, self.depth);
+        let (k, depth) = (self.inputs, self.depth);
         let rows = x.len() / k;
+        let plus_bias = |_row: usize, col: usize, acc: &[f32; NR], dst: &mut [f32]| {
+            dst.iter_mut().zip(acc).zip(&self.bias[col..]).for_each(|((d, a), b)| *d = a + b);
+        };
         match &self.panels {
-            Panels::F32(panels) => self.each_tile(out, rows, |p, r0, r, acc: &mut [[f32; NR]; MR]| {
-                let panel = &panels[p * depth * NR..(p + 1) * depth * NR];
-                f32_tile(kernel, &x[r0 * k..], k, panel, depth, r, acc)
-            }),
+            Panels::F32(panels) => self.each_tile(
+                out,
+                rows,
+                |p, r0, r, acc| f32_tile(kernel, &x[r0 * k..], k, &panels[p * depth * NR..(p + 1) * depth * NR], depth, r, acc),
+                plus_bias,
+            ),
             Panels::Bf16(panels) => {
                 let mut a = vec![0u16; rows * depth];
                 for (dst, src) in a.chunks_exact_mut(depth).zip(x.chunks_exact(k)) {
                     dst.iter_mut().zip(src).for_each(|(d, &v)| *d = f32_to_bf16(v));
                 }
-                self.each_tile(out, rows, |p, r0, r, acc: &mut [[f32; NR]; MR]| {
-                    let panel = &panels[p * depth * NR..(p + 1) * depth * NR];
-                    bf16_tile(kernel, &a[r0 * depth..], depth, panel, r, acc)
-                })
+                self.each_tile(
+                    out,
+                    rows,
+                    |p, r0, r, acc| bf16_tile(kernel, &a[r0 * depth..], depth, &panels[p * depth * NR..(p + 1) * depth * NR], r, acc),
+                    plus_bias,
+                )
             }
             Panels::Int8 { values, scales, col_sums } => {
                 // u8 = round(x / scale) + 128 per row; padding columns hold 128 (zero).
@@ -243,33 +238,33 @@ impl PackedLinear {
                     let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
                     dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (round_even(v * inv) + 128.0) as u8);
                 }
-                let mut acc_i32 = [[0i32; NR]; MR];
-                for p in 0..n.div_ceil(NR) {
-                    let panel = &values[p * depth * NR..(p + 1) * depth * NR];
-                    let col = p * NR;
-                    let width = NR.min(n - col);
-                    for r0 in (0..rows).step_by(MR) {
-                        let r = MR.min(rows - r0);
-                        int8_tile(kernel, &a[r0 * depth..], depth, panel, r, &mut acc_i32);
-                        for (i, acc) in acc_i32.iter().enumerate().take(r) {
-                            let dst = &mut out[(r0 + i) * n + col..(r0 + i) * n + col + width];
-                            let s = row_scales[r0 + i];
-                            for (j, d) in dst.iter_mut().enumerate() {
-                                let exact = acc[j] - 128 * col_sums[col + j];
-                                *d = exact as f32 * (s * scales[col + j]) + self.bias[col + j];
-                            }
+                self.each_tile(
+                    out,
+                    rows,
+                    |p, r0, r, acc| int8_tile(kernel, &a[r0 * depth..], depth, &values[p * depth * NR..(p + 1) * depth * NR], r, acc),
+                    |row, col, acc: &[i32; NR], dst| {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            let exact = acc[j] - 128 * col_sums[col + j];
+                            *d = exact as f32 * (row_scales[row] * scales[col + j]) + self.bias[col + j];
                         }
-                    }
-                }
+                    },
+                )
             }
         }
     }
 
     /// Runs `tile(panel, first row, rows, accumulators)` over every (panel, row block) of a
-    /// task and writes accumulators + bias into `out` (FP32 and BF16 share this).
-    fn each_tile(&self, out: &mut [f32], rows: usize, mut tile: impl FnMut(usize, usize, usize, &mut [[f32; NR]; MR])) {
+    /// task, and `write(row, first column, accumulators, outputs)` for each row of a block.
+    #[inline(always)]
+    fn each_tile<A: Copy + Default>(
+        &self,
+        out: &mut [f32],
+        rows: usize,
+        mut tile: impl FnMut(usize, usize, usize, &mut [[A; NR]; MR]),
+        write: impl Fn(usize, usize, &[A; NR], &mut [f32]),
+    ) {
         let n = self.outputs;
-        let mut acc = [[0f32; NR]; MR];
+        let mut acc = [[A::default(); NR]; MR];
         for p in 0..n.div_ceil(NR) {
             let col = p * NR;
             let width = NR.min(n - col);
@@ -277,10 +272,7 @@ impl PackedLinear {
                 let r = MR.min(rows - r0);
                 tile(p, r0, r, &mut acc);
                 for (i, acc) in acc.iter().enumerate().take(r) {
-                    let dst = &mut out[(r0 + i) * n + col..(r0 + i) * n + col + width];
-                    for (j, d) in dst.iter_mut().enumerate() {
-                        *d = acc[j] + self.bias[col + j];
-                    }
+                    write(r0 + i, col, acc, &mut out[(r0 + i) * n + col..(r0 + i) * n + col + width]);
                 }
             }
         }
@@ -314,7 +306,7 @@ fn block_generic(linear: &PackedLinear, kernel: Kernel, x: &[f32], out: &mut [f3
     }
 }
 
-super::simd::dispatch!(block_generic, block_avx512, block_avx2, (linear: &PackedLinear, kernel: Kernel, x: &[f32], out: &mut [f32], activation: Activation));
+dispatch!(fn block = block_generic(linear: &PackedLinear, kernel: Kernel, x: &[f32], out: &mut [f32], activation: Activation));
 
 #[inline(always)]
 fn max_abs(values: &[f32]) -> f32 {

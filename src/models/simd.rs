@@ -17,18 +17,33 @@ pub fn exp_fast(x: f32) -> f32 {
 }
 
 
-/// Compiles `$generic` twice more, for AVX-512 and for AVX2+FMA, as `unsafe` functions to be
-/// called only where `is_x86_feature_detected!` reports the features.
+/// `dispatch!(pub fn name = generic(args…))` defines `name`, which runs `generic` compiled for
+/// AVX-512, for AVX2+FMA or for the baseline, whichever the CPU has ([`cpu_features`], so
+/// `DISTILL_SIMD=portable` picks the baseline). `generic` is `#[inline(always)]`, so each
+/// variant is the same code vectorised for its registers.
 macro_rules! dispatch {
-    ($generic:ident, $avx512:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn $avx512($($arg: $ty),*) {
-            $generic($($arg),*)
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2($($arg: $ty),*) {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident = $generic:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $generic($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $generic($($arg),*)
+                }
+                let features = $crate::models::simd::cpu_features();
+                // SAFETY: each variant runs only where the CPU reports its features.
+                if features.avx512f {
+                    return unsafe { avx512($($arg),*) };
+                }
+                if features.avx2_fma {
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
             $generic($($arg),*)
         }
     };
@@ -37,8 +52,9 @@ macro_rules! dispatch {
 pub(crate) use dispatch;
 
 /// The instruction-set extensions the hand-written kernels can use, read once per process.
-/// `DISTILL_SIMD=portable` turns them all off (the portable paths then run everywhere, as on
-/// a CPU without them), which is how the fallbacks are checked on a machine that has them.
+/// `DISTILL_SIMD=portable` turns them all off (this project's portable paths then run
+/// everywhere, as on a CPU without them; the `gemm` crate keeps its own dispatch), which is how
+/// the fallbacks are checked on a machine that has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuFeatures {
     pub avx2_fma: bool,
