@@ -308,15 +308,24 @@ fn block_generic(linear: &PackedLinear, kernel: Kernel, x: &[f32], out: &mut [f3
 
 dispatch!(fn block = block_generic(linear: &PackedLinear, kernel: Kernel, x: &[f32], out: &mut [f32], activation: Activation));
 
+/// The largest |value| (the INT8 scale's numerator); NaN when any value is NaN or infinite,
+/// so a non-finite weight or activation makes its outputs NaN instead of a finite guess.
 #[inline(always)]
 fn max_abs(values: &[f32]) -> f32 {
-    // Sixteen running maxima, so the loop vectorises.
-    let mut lanes = [0f32; 16];
+    // Sixteen running maxima, so the loop vectorises; `v · 0` is 0 unless `v` is not finite.
+    let (mut lanes, mut poison) = ([0f32; 16], [0f32; 16]);
     let mut chunks = values.chunks_exact(16);
     for chunk in &mut chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(m, v)| *m = if v.abs() > *m { v.abs() } else { *m });
+        for ((m, p), v) in lanes.iter_mut().zip(poison.iter_mut()).zip(chunk) {
+            *m = if v.abs() > *m { v.abs() } else { *m };
+            *p += v * 0.0;
+        }
     }
-    chunks.remainder().iter().chain(&lanes).fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m })
+    let rest = chunks.remainder();
+    if poison.iter().chain(rest).any(|v| v * 0.0 != 0.0) {
+        return f32::NAN;
+    }
+    rest.iter().chain(&lanes).fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m })
 }
 
 /// Rounds to the nearest integer, ties to even, for |v| ≤ 2²² (branch-free, vectorises).
@@ -604,6 +613,27 @@ mod tests {
         let mut plain = linear.forward(&x, rows, Activation::None);
         gelu_in_place(&mut plain);
         assert_eq!(linear.forward(&x, rows, Activation::Gelu), plain);
+    }
+
+    /// A NaN or infinity in a weight row or an input row gives NaN outputs in every precision
+    /// (INT8's scales would otherwise quantise it to a finite value and hide it).
+    #[test]
+    fn non_finite_values_stay_visible_in_every_precision() {
+        let (rows, k, n) = (3, 40, 5);
+        let mut x = values(rows * k, 7, 1.0);
+        let mut w = values(n * k, 8, 0.2);
+        x[k + 17] = f32::NAN; // input row 1
+        w[3 * k + 33] = f32::INFINITY; // output channel 3
+        let b = values(n, 9, 0.1);
+        for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
+            let out = PackedLinear::new(&w, &b, n, k, precision).forward(&x, rows, Activation::None);
+            for r in 0..rows {
+                for o in 0..n {
+                    let poisoned = r == 1 || o == 3;
+                    assert_eq!(!out[r * n + o].is_finite(), poisoned, "{precision:?} row {r} output {o}: {}", out[r * n + o]);
+                }
+            }
+        }
     }
 
     #[test]
