@@ -52,6 +52,17 @@ fn lane_sum(values: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     chunks.remainder().iter().map(|&v| f(v)).sum::<f32>() + lanes.iter().sum::<f32>()
 }
 
+/// Maximum of `values` (not empty) in sixteen running lanes, then across them.
+#[inline(always)]
+fn lane_max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(m, &v)| *m = if v > *m { v } else { *m });
+    }
+    chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
 #[inline(always)]
 fn add_norm_row_generic(row: &mut [f32], residual: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let dim = row.len() as f32;
@@ -283,13 +294,10 @@ fn attend_example_generic(qkv: &[f32], out: &mut [f32], heads: usize, head_dim: 
             let mut inv = [0f32; QUERIES];
             for (q, inv) in inv.iter_mut().enumerate().take(rows) {
                 let row = &mut scores[q * padded..q * padded + len];
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
-                let mut sum = 0f32;
-                for s in row.iter_mut() {
-                    *s = exp_fast((*s - max) * scale);
-                    sum += *s;
-                }
-                *inv = 1.0 / sum;
+                // Max, exponentials and sum as separate passes: each vectorises on its own.
+                let max = lane_max(row);
+                row.iter_mut().for_each(|s| *s = exp_fast((*s - max) * scale));
+                *inv = 1.0 / lane_sum(row, |v| v);
             }
             let values = |j: usize| 2 * hidden + j * 3 * hidden + col;
             if head_dim.is_multiple_of(BLOCK) {

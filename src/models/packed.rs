@@ -236,16 +236,17 @@ impl PackedLinear {
                     let amax = max_abs(src);
                     *s = amax / 127.0;
                     let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = (round_even(v * inv) + 128.0) as u8);
+                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = to_u8(round_even(v * inv) + 128.0));
                 }
                 self.each_tile(
                     out,
                     rows,
                     |p, r0, r, acc| int8_tile(kernel, &a[r0 * depth..], depth, &values[p * depth * NR..(p + 1) * depth * NR], r, acc),
                     |row, col, acc: &[i32; NR], dst| {
-                        for (j, d) in dst.iter_mut().enumerate() {
-                            let exact = acc[j] - 128 * col_sums[col + j];
-                            *d = exact as f32 * (row_scales[row] * scales[col + j]) + self.bias[col + j];
+                        let s = row_scales[row];
+                        let columns = col_sums[col..].iter().zip(&scales[col..]).zip(&self.bias[col..]);
+                        for ((d, &a), ((&sum, &scale), &bias)) in dst.iter_mut().zip(acc).zip(columns) {
+                            *d = (a - 128 * sum) as f32 * (s * scale) + bias;
                         }
                     },
                 )
@@ -326,6 +327,14 @@ fn max_abs(values: &[f32]) -> f32 {
         return f32::NAN;
     }
     rest.iter().chain(&lanes).fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m })
+}
+
+/// A whole number in 0..=255 as u8, through its float bits: `n + 1.5·2²³` holds `n` in its
+/// low mantissa byte (`as u8` on a float is a scalar, saturating conversion that does not
+/// vectorise).
+#[inline(always)]
+fn to_u8(whole: f32) -> u8 {
+    (whole + 12_582_912.0).to_bits() as u8
 }
 
 /// Rounds to the nearest integer, ties to even, for |v| ≤ 2²² (branch-free, vectorises).
