@@ -1,4 +1,4 @@
-// Fused LSTM cell, the GPU twin of src/models/cell.rs (same layouts, same arithmetic).
+// Fused LSTM cell, the GPU twin of src/ops/cell.rs (same layouts, same arithmetic).
 //
 // The input projection of all time steps (one cuBLAS GEMM) and the recurrent GEMM of a step
 // are added into `gates` beforehand; these kernels apply the activations and produce the new

@@ -10,13 +10,13 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::{expand_path, OptimizerName};
+use crate::backend::{StudentBackend, TeacherBackend};
+use crate::config::{expand_path, DeviceName, OptimizerName};
+use crate::loss::Targets;
 use crate::models::bert::{BertForSequenceClassification, BertInput};
-use crate::models::bert_inference::BertInference;
-use crate::models::packed::Precision;
 use crate::models::bilstm::{BiLstmStudent, StudentInput, StudentShape, TokenBatch};
-use crate::train::one_hot;
 use crate::optim::{Optimizer, OptimizerConfig};
+use crate::train::teacher::teacher_step;
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchModel {
@@ -30,9 +30,10 @@ pub struct BenchArgs {
     /// Which model to measure.
     #[arg(long, value_enum, default_value_t = BenchModel::All)]
     pub model: BenchModel,
-    /// Where the student runs: "cpu", or "cuda" (the GPU student; PyTorch then uses cuDNN).
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-    pub device: String,
+    /// Where the models run: the GPU student and teacher inference on cuda (PyTorch then
+    /// uses cuDNN); teacher fine-tuning runs on the CPU either way.
+    #[arg(long, value_enum, default_value_t = DeviceName::Cpu)]
+    pub device: DeviceName,
     #[arg(long, default_value_t = 30522)]
     pub vocab: usize,
     #[arg(long, default_value_t = 300)]
@@ -72,7 +73,7 @@ pub struct BenchArgs {
     pub teacher_seq_len: usize,
     #[arg(long, default_value_t = 128)]
     pub teacher_infer_batch: usize,
-    /// Timed fine-tuning steps (after 1 warm-up step).
+    /// Timed fine-tuning steps (after 1 warm-up step); 0 measures inference only.
     #[arg(long, default_value_t = 8)]
     pub teacher_steps: usize,
     /// Timed inference batches (after 1 warm-up batch).
@@ -107,9 +108,9 @@ fn random_input(rng: &mut StdRng, args: &BenchArgs, batch: usize) -> StudentInpu
     StudentInput { tokens: TokenBatch::new(&refs, 0), examples: batch }
 }
 
-/// The benchmarked student (the `bench_student.py` module's shape, dropout 0.4), its CPU
-/// device and the random generator for its batches.
-fn bench_student_model(args: &BenchArgs) -> (Cpu, StdRng, BiLstmStudent) {
+/// The benchmarked student (the `bench_student.py` module's shape, dropout 0.4) and the
+/// random generator for its batches.
+fn bench_student_model(args: &BenchArgs) -> (StdRng, BiLstmStudent) {
     let dev = Cpu::seed_from_u64(0);
     let mut rng = StdRng::seed_from_u64(0);
     let shape = StudentShape {
@@ -121,62 +122,18 @@ fn bench_student_model(args: &BenchArgs) -> (Cpu, StdRng, BiLstmStudent) {
         pair_features: None,
     };
     let model = BiLstmStudent::new(shape, 0.4, &dev, &mut rng);
-    (dev, rng, model)
+    (rng, model)
 }
 
-/// Measures the Rust student on random full-length batches.
-pub fn measure_student(args: &BenchArgs) -> Throughput {
-    let (dev, mut rng, mut model) = bench_student_model(args);
-    let mut optimizer = Optimizer::new(OptimizerConfig::new(OptimizerName::Adadelta, 1.0));
-    let trainable = vec![true; model.params_mut().len()];
-    let inputs: Vec<StudentInput> = (0..4).map(|_| random_input(&mut rng, args, args.batch)).collect();
-    let targets: Vec<Tensor<(usize, usize), f32, Cpu>> = (0..4)
-        .map(|_| {
-            let mut t = vec![0f32; args.batch * 2];
-            for r in 0..args.batch {
-                t[r * 2 + rng.gen_range(0..2)] = 1.0;
-            }
-            dev.tensor_from_vec(t, (args.batch, 2))
-        })
-        .collect();
-    let mut train_step = |i: usize| {
-        let input = &inputs[i % 4];
-        let logits = model.forward_train(input);
-        let loss = cross_entropy_with_logits_loss(logits, targets[i % 4].clone());
-        let mut grads = loss.backward();
-        let rows = input.tokens.distinct_ids();
-        optimizer.step(&mut model.params_mut(), &trainable, &[Some(rows.as_slice())], &mut grads);
-    };
-    for i in 0..2 {
-        train_step(i);
-    }
-    let start = Instant::now();
-    for i in 0..args.steps {
-        train_step(i);
-    }
-    let train = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
-
-    let infer_inputs: Vec<StudentInput> = (0..4).map(|_| random_input(&mut rng, args, args.infer_batch)).collect();
-    for input in infer_inputs.iter().take(2) {
-        model.predict_logits(input);
-    }
-    let start = Instant::now();
-    for i in 0..args.infer_steps {
-        model.predict_logits(&infer_inputs[i % 4]);
-    }
-    let infer = (args.infer_steps * args.infer_batch) as f64 / start.elapsed().as_secs_f64();
-    Throughput::new(train, infer)
-}
-
-/// Measures the GPU student (same model, optimizer and batches as [`measure_student`]).
-pub fn measure_student_gpu(args: &BenchArgs) -> Result<Throughput> {
-    use crate::gpu::student::{BatchTargets, GpuStudent};
-    let (_, mut rng, mut model) = bench_student_model(args);
-    let mut gpu = GpuStudent::new(crate::gpu::Gpu::new()?, &mut model, OptimizerConfig::new(OptimizerName::Adadelta, 1.0), 0)?;
+/// Measures the student (Adadelta, sparse embedding rows) on random full-length batches,
+/// on the device of `--device`.
+pub fn measure_student(args: &BenchArgs) -> Result<Throughput> {
+    let (mut rng, model) = bench_student_model(args);
+    let mut student = StudentBackend::new(model, OptimizerConfig::new(OptimizerName::Adadelta, 1.0), true, args.device, 0)?;
     let inputs: Vec<StudentInput> = (0..4).map(|_| random_input(&mut rng, args, args.batch)).collect();
     let labels: Vec<Vec<usize>> = (0..4).map(|_| (0..args.batch).map(|_| rng.gen_range(0..2)).collect()).collect();
-    // Each step reads its loss back, so the clock sees finished work.
-    let mut train_step = |i: usize| gpu.train_step(&inputs[i % 4], &labels[i % 4], &BatchTargets::Gold, 0.0, true);
+    // Each step reads its loss back, so the clock sees finished work on any device.
+    let mut train_step = |i: usize| student.train_step(&inputs[i % 4], &labels[i % 4], &Targets::Gold, 0.0);
     for i in 0..2 {
         train_step(i)?;
     }
@@ -185,13 +142,14 @@ pub fn measure_student_gpu(args: &BenchArgs) -> Result<Throughput> {
         train_step(i)?;
     }
     let train = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
+
     let infer_inputs: Vec<StudentInput> = (0..4).map(|_| random_input(&mut rng, args, args.infer_batch)).collect();
     for input in infer_inputs.iter().take(2) {
-        gpu.predict_logits(input)?;
+        student.predict_logits(input)?;
     }
     let start = Instant::now();
     for i in 0..args.infer_steps {
-        gpu.predict_logits(&infer_inputs[i % 4])?;
+        student.predict_logits(&infer_inputs[i % 4])?;
     }
     let infer = (args.infer_steps * args.infer_batch) as f64 / start.elapsed().as_secs_f64();
     Ok(Throughput::new(train, infer))
@@ -204,7 +162,8 @@ fn random_bert_input(rng: &mut StdRng, vocab: u32, rows: usize, seq: usize) -> B
     BertInput::new(&seqs, 0)
 }
 
-/// Measures BERT fine-tuning (AdamW, all parameters) and inference on random full-length batches.
+/// Measures BERT fine-tuning (AdamW, all parameters; on the CPU) and inference (on the
+/// device of `--device`, in each precision it runs) on random full-length batches.
 pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
     let dev = Cpu::seed_from_u64(0);
     let mut rng = StdRng::seed_from_u64(0);
@@ -217,56 +176,39 @@ pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
     };
     let inputs: Vec<(BertInput, Vec<usize>)> = (0..2).map(|_| batch(args.teacher_batch)).collect();
     let mut optimizer = Optimizer::adamw(2e-5, 0.01);
+    let trainable = vec![true; model.params_mut().len()];
     let mut train_step = |i: usize| {
         let (input, labels) = &inputs[i % 2];
-        let logits = model.forward_train(input);
-        let loss = cross_entropy_with_logits_loss(logits, one_hot(&dev, labels, 2));
-        let mut grads = loss.backward();
-        let mut params = model.params_mut();
-        let trainable = vec![true; params.len()];
-        optimizer.step(&mut params, &trainable, &[], &mut grads);
+        teacher_step(&mut model, &mut optimizer, &trainable, input, labels, 0.0);
     };
-    train_step(0);
-    let start = Instant::now();
-    for i in 0..args.teacher_steps {
-        train_step(i);
+    // --teacher-steps 0 skips fine-tuning (its rate reads 0), e.g. for a GPU inference run.
+    let mut train = 0.0;
+    if args.teacher_steps > 0 {
+        train_step(0);
+        let start = Instant::now();
+        for i in 0..args.teacher_steps {
+            train_step(i);
+        }
+        train = (args.teacher_steps * args.teacher_batch) as f64 / start.elapsed().as_secs_f64();
     }
-    let train = (args.teacher_steps * args.teacher_batch) as f64 / start.elapsed().as_secs_f64();
     let infer_inputs: Vec<BertInput> = (0..2).map(|_| batch(args.teacher_infer_batch).0).collect();
     // Each precision's weights are packed once, as `distill run` and `predict` do.
-    let infer = |precision: Precision| {
-        let teacher = BertInference::new(&model, precision);
-        teacher.logits(&infer_inputs[0]);
+    let mut rates = Vec::new();
+    for &precision in TeacherBackend::precisions(args.device) {
+        let teacher = TeacherBackend::new(&model, args.device, precision)?;
+        teacher.predict_logits(&infer_inputs[0])?;
         let start = Instant::now();
         for i in 0..args.teacher_infer_steps {
-            teacher.logits(&infer_inputs[i % 2]);
+            teacher.predict_logits(&infer_inputs[i % 2])?; // reads the logits back: the clock sees finished work
         }
-        (args.teacher_infer_steps * args.teacher_infer_batch) as f64 / start.elapsed().as_secs_f64()
-    };
+        rates.push((args.teacher_infer_steps * args.teacher_infer_batch) as f64 / start.elapsed().as_secs_f64());
+    }
     Ok(Throughput {
         train_sentences_per_s: train,
-        infer_sentences_per_s: infer(Precision::F32),
-        infer_bf16_sentences_per_s: Some(infer(Precision::Bf16)),
-        infer_int8_sentences_per_s: Some(infer(Precision::Int8)),
+        infer_sentences_per_s: rates[0],
+        infer_bf16_sentences_per_s: rates.get(1).copied(),
+        infer_int8_sentences_per_s: rates.get(2).copied(),
     })
-}
-
-/// Measures GPU teacher inference (no fine-tuning on the GPU: its training rate is 0).
-pub fn measure_teacher_gpu(args: &BenchArgs) -> Result<Throughput> {
-    let dev = Cpu::seed_from_u64(0);
-    let mut rng = StdRng::seed_from_u64(0);
-    let model = BertForSequenceClassification::load(&expand_path(&args.teacher_dir), 2, &dev, &mut rng)?;
-    let gpu = crate::gpu::bert::GpuBert::new(crate::gpu::Gpu::new()?, &model)?;
-    let vocab = model.bert.config.vocab_size as u32;
-    let inputs: Vec<BertInput> =
-        (0..2).map(|_| random_bert_input(&mut rng, vocab, args.teacher_infer_batch, args.teacher_seq_len)).collect();
-    gpu.predict_logits(&inputs[0])?;
-    let start = Instant::now();
-    for i in 0..args.teacher_infer_steps {
-        gpu.predict_logits(&inputs[i % 2])?; // reads the logits back: the clock sees finished work
-    }
-    let infer = (args.teacher_infer_steps * args.teacher_infer_batch) as f64 / start.elapsed().as_secs_f64();
-    Ok(Throughput::new(0.0, infer))
 }
 
 /// Runs `scripts/bench_student.py` with the same shapes; `None` if PyTorch is not there.
@@ -283,7 +225,7 @@ fn measure_torch_student(args: &BenchArgs) -> Result<Option<Throughput>> {
             ("--infer-batch", args.infer_batch.to_string()),
             ("--steps", args.steps.to_string()),
             ("--infer-steps", args.infer_steps.to_string()),
-            ("--device", args.device.clone()),
+            ("--device", args.device.name().to_string()),
         ],
         false,
     )
@@ -301,9 +243,9 @@ fn measure_torch_teacher(args: &BenchArgs) -> Result<Option<Throughput>> {
             ("--infer-batch", args.teacher_infer_batch.to_string()),
             ("--steps", args.teacher_steps.to_string()),
             ("--infer-steps", args.teacher_infer_steps.to_string()),
-            ("--device", args.device.clone()),
+            ("--device", args.device.name().to_string()),
         ],
-        args.device == "cuda",
+        args.device == DeviceName::Cuda,
     )
 }
 
@@ -347,7 +289,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.model != BenchModel::Teacher {
         println!(
             "student on {}: vocab {}, embedding {}, hidden {} ×2, sequence {}, train batch {}, inference batch {}, {} threads, {} rounds",
-            args.device,
+            args.device.name(),
             args.vocab,
             args.embedding_dim,
             args.hidden,
@@ -357,13 +299,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rayon::current_num_threads(),
             args.rounds
         );
-        let ours = || if args.device == "cuda" { measure_student_gpu(&args) } else { Ok(measure_student(&args)) };
-        compare(&args, "train (Adadelta)", ours, || measure_torch_student(&args))?;
+        compare(&args, "train (Adadelta)", || measure_student(&args), || measure_torch_student(&args))?;
     }
     if args.model != BenchModel::Student {
         println!(
             "teacher on {}: {}, sequence {}, fine-tune batch {}, inference batch {}, {} threads, {} rounds",
-            args.device,
+            args.device.name(),
             expand_path(&args.teacher_dir).display(),
             args.teacher_seq_len,
             args.teacher_batch,
@@ -371,12 +312,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rayon::current_num_threads(),
             args.rounds
         );
-        if args.device == "cuda" {
-            // Inference only: fine-tuning runs on the CPU (its line reads 0).
-            compare(&args, "fine-tune (CPU only)", || measure_teacher_gpu(&args), || measure_torch_teacher(&args))?;
-        } else {
-            compare(&args, "fine-tune (AdamW)", || measure_teacher(&args), || measure_torch_teacher(&args))?;
-        }
+        compare(&args, "fine-tune (AdamW, CPU)", || measure_teacher(&args), || measure_torch_teacher(&args))?;
     }
     Ok(())
 }

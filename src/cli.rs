@@ -33,10 +33,10 @@ pub enum Command {
         /// Rerun stages that already finished.
         #[arg(long)]
         force: bool,
-        /// Where the student trains and the distill stage's teacher logits are computed: "cpu" or
-        /// "cuda" (same as `--set device="cuda"`).
-        #[arg(long, value_parser = ["cpu", "cuda"])]
-        device: Option<String>,
+        /// Where the student trains and the distill stage's teacher logits are computed
+        /// (same as `--set device="cuda"`).
+        #[arg(long, value_enum)]
+        device: Option<crate::config::DeviceName>,
     },
     /// Run the grid a file's [sweep] table declares; finished points are skipped.
     Sweep {
@@ -123,12 +123,14 @@ impl Cli {
                 }
                 Ok(())
             }
-            Command::Run { file, mut overrides, force, device } => {
-                overrides.extend(device.map(|d| format!("device=\"{d}\"")));
-                let exp = match &file {
+            Command::Run { file, overrides, force, device } => {
+                let mut exp = match &file {
                     Some(path) => Experiment::load(path, &overrides)?,
                     None => Experiment::parse(QUICKSTART_TOML, "experiments/quickstart.toml (embedded)", &overrides)?,
                 };
+                if let Some(device) = device {
+                    exp.device = device;
+                }
                 crate::train::run_experiment_with(exp, force)?;
                 Ok(())
             }
@@ -199,18 +201,18 @@ impl Cli {
             }
             Command::Bench(args) => crate::bench::run(args),
             Command::GpuCheck { teacher, random_teacher_out } => {
-                for line in crate::gpu::check::student_parity()? {
+                for line in crate::backend::parity::student_parity()? {
                     println!("{line}");
                 }
                 let teacher = match teacher {
                     Some(dir) => dir,
                     None => {
                         let dir = random_teacher_out.unwrap_or_else(|| std::env::temp_dir().join("distill-random-minilm"));
-                        crate::gpu::check::write_random_minilm(&dir)?;
+                        crate::backend::parity::write_random_minilm(&dir)?;
                         dir
                     }
                 };
-                println!("{}", crate::gpu::check::teacher_parity(&teacher)?);
+                println!("{}", crate::backend::parity::teacher_parity(&teacher)?);
                 Ok(())
             }
         }

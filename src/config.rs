@@ -8,7 +8,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use crate::models::packed::Precision;
+pub use crate::ops::packed::Precision;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -61,6 +61,19 @@ pub enum TaskName {
     Custom,
 }
 
+impl TaskName {
+    /// As written in experiment files, `results.csv` and teacher dir names.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskName::Sst2 => "sst2",
+            TaskName::Mrpc => "mrpc",
+            TaskName::Qqp => "qqp",
+            TaskName::Chnsenticorp => "chnsenticorp",
+            TaskName::Custom => "custom",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
@@ -80,12 +93,22 @@ impl Stage {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceName {
     #[default]
     Cpu,
     Cuda,
+}
+
+impl DeviceName {
+    /// As written in experiment files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceName::Cpu => "cpu",
+            DeviceName::Cuda => "cuda",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -390,9 +413,130 @@ mod defaults {
     }
 }
 
+/// A failed range check: (key, what is allowed).
+type CheckError = (String, String);
+
+fn range<T: PartialOrd + fmt::Display>(key: &str, v: T, lo: T, hi: T) -> Result<(), CheckError> {
+    if v < lo || v > hi {
+        return Err((key.into(), format!("{v} is out of range; allowed {lo} ..= {hi}")));
+    }
+    Ok(())
+}
+
+/// The training knobs that `[teacher]`, `[student]` and `[distill]` each carry, read from
+/// whichever section a stage trains with, and range-checked in one place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainingSettings {
+    pub optimizer: OptimizerName,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub epochs: usize,
+    /// Evaluate on dev every N steps as well as after each epoch (0 = only after each epoch).
+    pub eval_every: usize,
+    /// Clip the global gradient norm to this value (0 = no clipping).
+    pub max_grad_norm: f64,
+}
+
+impl TrainingSettings {
+    pub fn new(optimizer: OptimizerName, lr: f64, batch_size: usize, epochs: usize, eval_every: usize, max_grad_norm: f64) -> Self {
+        TrainingSettings { optimizer, lr, batch_size, epochs, eval_every, max_grad_norm }
+    }
+
+    /// Checks the knobs of `section`; `lr_note` says what is usual for its learning rate.
+    fn check(&self, section: &str, max_lr: f64, lr_note: &str) -> Result<(), CheckError> {
+        if !(self.lr > 0.0 && self.lr <= max_lr) {
+            return Err((format!("{section}.lr"), format!("{} is out of range; allowed 0 < lr <= {max_lr}{lr_note}", self.lr)));
+        }
+        range(&format!("{section}.batch_size"), self.batch_size, 1, 65536)?;
+        range(&format!("{section}.epochs"), self.epochs, 1, 10_000)?;
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return Err((format!("{section}.max_grad_norm"), "must be >= 0 (0 = no clipping)".into()));
+        }
+        Ok(())
+    }
+}
+
+fn check_dropout(key: &str, dropout: f64) -> Result<(), CheckError> {
+    if !(0.0..1.0).contains(&dropout) {
+        return Err((key.into(), format!("{dropout} is out of range; allowed 0 <= dropout < 1")));
+    }
+    Ok(())
+}
+
 impl StudentConfig {
     pub fn fc_size(&self) -> usize {
         self.fc_size.unwrap_or(self.hidden_size)
+    }
+
+    /// How the "student" stage trains.
+    pub fn training(&self) -> TrainingSettings {
+        TrainingSettings::new(self.optimizer, self.lr, self.batch_size, self.epochs, self.eval_every, self.max_grad_norm)
+    }
+
+    fn check(&self) -> Result<(), CheckError> {
+        range("student.embedding_dim", self.embedding_dim, 1, 4096)?;
+        range("student.hidden_size", self.hidden_size, 1, 4096)?;
+        range("student.fc_size", self.fc_size(), 1, 4096)?;
+        check_dropout("student.dropout", self.dropout)?;
+        range("student.max_seq_len", self.max_seq_len, 1, 4096)?;
+        self.training().check("student", 100.0, "")
+    }
+}
+
+impl DistillConfig {
+    /// How the "distill" stage trains the student.
+    pub fn training(&self) -> TrainingSettings {
+        TrainingSettings::new(self.optimizer, self.lr, self.batch_size, self.epochs, self.eval_every, self.max_grad_norm)
+    }
+
+    fn check(&self) -> Result<(), CheckError> {
+        range("distill.teacher_batch_size", self.teacher_batch_size, 1, 65536)?;
+        self.training().check("distill", 100.0, "")?;
+        check_dropout("distill.dropout", self.dropout)?;
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(("distill.alpha".into(), format!("{} is out of range; allowed 0 ..= 1", self.alpha)));
+        }
+        if !(self.temperature > 0.0 && self.temperature <= 100.0) {
+            return Err(("distill.temperature".into(), format!("{} is out of range; allowed 0 < temperature <= 100", self.temperature)));
+        }
+        Ok(())
+    }
+}
+
+impl TeacherConfig {
+    /// How the "teacher" stage trains (AdamW: Adam with this section's weight decay).
+    pub fn training(&self) -> TrainingSettings {
+        TrainingSettings::new(OptimizerName::Adam, self.lr, self.batch_size, self.epochs, self.eval_every, self.max_grad_norm)
+    }
+
+    fn check(&self) -> Result<(), CheckError> {
+        range("teacher.max_seq_len", self.max_seq_len, 2, 4096)?;
+        range("teacher.eval_batch_size", self.eval_batch_size, 1, 65536)?;
+        self.training().check("teacher", 1.0, " (BERT fine-tuning uses 1e-5 ..= 1e-4)")?;
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err(("teacher.warmup_ratio".into(), format!("{} is out of range; allowed 0 <= warmup_ratio < 1", self.warmup_ratio)));
+        }
+        if !(0.0..1.0).contains(&self.weight_decay) {
+            return Err(("teacher.weight_decay".into(), format!("{} is out of range; allowed 0 <= weight_decay < 1", self.weight_decay)));
+        }
+        Ok(())
+    }
+}
+
+impl AugmentConfig {
+    fn check(&self) -> Result<(), CheckError> {
+        for (key, p) in [("augment.p_mask", self.p_mask), ("augment.p_pos", self.p_pos), ("augment.p_ng", self.p_ng)] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err((key.into(), format!("{p} is out of range; allowed 0 ..= 1")));
+            }
+        }
+        if self.p_mask + self.p_pos > 1.0 {
+            return Err(("augment.p_pos".into(), "p_mask + p_pos must be at most 1 (one draw per word decides)".into()));
+        }
+        if self.ngram_range[0] < 1 || self.ngram_range[0] > self.ngram_range[1] {
+            return Err(("augment.ngram_range".into(), format!("{:?}: give [lo, hi] with 1 <= lo <= hi", self.ngram_range)));
+        }
+        range("augment.n_iter", self.n_iter, 0, 1000)
     }
 }
 
@@ -482,18 +626,7 @@ impl Experiment {
     }
 
     /// Range checks that serde's types cannot express. Returns (key, what is allowed).
-    fn check(&self) -> Result<(), (String, String)> {
-        fn range<T: PartialOrd + fmt::Display>(
-            key: &str,
-            v: T,
-            lo: T,
-            hi: T,
-        ) -> Result<(), (String, String)> {
-            if v < lo || v > hi {
-                return Err((key.into(), format!("{v} is out of range; allowed {lo} ..= {hi}")));
-            }
-            Ok(())
-        }
+    fn check(&self) -> Result<(), CheckError> {
         if self.name.is_empty()
             || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
@@ -575,71 +708,14 @@ impl Experiment {
             ));
         }
         if let Some(t) = &self.teacher {
-            range("teacher.max_seq_len", t.max_seq_len, 2, 4096)?;
-            range("teacher.batch_size", t.batch_size, 1, 65536)?;
-            range("teacher.eval_batch_size", t.eval_batch_size, 1, 65536)?;
-            range("teacher.epochs", t.epochs, 1, 10_000)?;
-            if !(t.lr > 0.0 && t.lr <= 1.0) {
-                return Err(("teacher.lr".into(), format!("{} is out of range; allowed 0 < lr <= 1 (BERT fine-tuning uses 1e-5 ..= 1e-4)", t.lr)));
-            }
-            if !(0.0..1.0).contains(&t.warmup_ratio) {
-                return Err(("teacher.warmup_ratio".into(), format!("{} is out of range; allowed 0 <= warmup_ratio < 1", t.warmup_ratio)));
-            }
-            if !(0.0..1.0).contains(&t.weight_decay) {
-                return Err(("teacher.weight_decay".into(), format!("{} is out of range; allowed 0 <= weight_decay < 1", t.weight_decay)));
-            }
-            if !(t.max_grad_norm >= 0.0 && t.max_grad_norm.is_finite()) {
-                return Err(("teacher.max_grad_norm".into(), "must be >= 0 (0 = no clipping)".into()));
-            }
+            t.check()?;
         }
-        let a = &self.augment;
-        for (key, p) in [("augment.p_mask", a.p_mask), ("augment.p_pos", a.p_pos), ("augment.p_ng", a.p_ng)] {
-            if !(0.0..=1.0).contains(&p) {
-                return Err((key.into(), format!("{p} is out of range; allowed 0 ..= 1")));
-            }
-        }
-        if a.p_mask + a.p_pos > 1.0 {
-            return Err(("augment.p_pos".into(), "p_mask + p_pos must be at most 1 (one draw per word decides)".into()));
-        }
-        if a.ngram_range[0] < 1 || a.ngram_range[0] > a.ngram_range[1] {
-            return Err(("augment.ngram_range".into(), format!("{:?}: give [lo, hi] with 1 <= lo <= hi", a.ngram_range)));
-        }
-        range("augment.n_iter", a.n_iter, 0, 1000)?;
+        self.augment.check()?;
         if let Some(d) = &self.distill {
-            range("distill.batch_size", d.batch_size, 1, 65536)?;
-            range("distill.teacher_batch_size", d.teacher_batch_size, 1, 65536)?;
-            range("distill.epochs", d.epochs, 1, 10_000)?;
-            if !(d.lr > 0.0 && d.lr <= 100.0) {
-                return Err(("distill.lr".into(), format!("{} is out of range; allowed 0 < lr <= 100", d.lr)));
-            }
-            if !(0.0..1.0).contains(&d.dropout) {
-                return Err(("distill.dropout".into(), format!("{} is out of range; allowed 0 <= dropout < 1", d.dropout)));
-            }
-            if !(0.0..=1.0).contains(&d.alpha) {
-                return Err(("distill.alpha".into(), format!("{} is out of range; allowed 0 ..= 1", d.alpha)));
-            }
-            if !(d.temperature > 0.0 && d.temperature <= 100.0) {
-                return Err(("distill.temperature".into(), format!("{} is out of range; allowed 0 < temperature <= 100", d.temperature)));
-            }
-            if !(d.max_grad_norm >= 0.0 && d.max_grad_norm.is_finite()) {
-                return Err(("distill.max_grad_norm".into(), "must be >= 0 (0 = no clipping)".into()));
-            }
+            d.check()?;
         }
-        let Some(s) = &self.student else { return Ok(()) };
-        range("student.embedding_dim", s.embedding_dim, 1, 4096)?;
-        range("student.hidden_size", s.hidden_size, 1, 4096)?;
-        range("student.fc_size", s.fc_size(), 1, 4096)?;
-        if !(0.0..1.0).contains(&s.dropout) {
-            return Err(("student.dropout".into(), format!("{} is out of range; allowed 0 <= dropout < 1", s.dropout)));
-        }
-        range("student.max_seq_len", s.max_seq_len, 1, 4096)?;
-        if !(s.lr > 0.0 && s.lr <= 100.0) {
-            return Err(("student.lr".into(), format!("{} is out of range; allowed 0 < lr <= 100", s.lr)));
-        }
-        range("student.batch_size", s.batch_size, 1, 65536)?;
-        range("student.epochs", s.epochs, 1, 10_000)?;
-        if !(s.max_grad_norm >= 0.0 && s.max_grad_norm.is_finite()) {
-            return Err(("student.max_grad_norm".into(), "must be >= 0 (0 = no clipping)".into()));
+        if let Some(s) = &self.student {
+            s.check()?;
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
 use crate::models::layers::{serialize_tensors, NamedTensor};
-use crate::report::write_dir_atomic;
+use crate::files::write_dir_atomic;
 
 
 const MAGIC: &[u8; 4] = b"E5S1";

@@ -1,5 +1,7 @@
 //! Optimizers over runtime-shaped dfdx tensors: Adadelta (dfdx has none) and Adam/AdamW,
-//! with PyTorch's update rules, plus global gradient-norm clipping.
+//! with PyTorch's update rules, plus global gradient-norm clipping and the learning-rate
+//! schedule. A new optimizer is a new `OptimizerName` and an arm in [`Optimizer::step`]
+//! (and in `GpuStudent::update` for the GPU).
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -187,4 +189,14 @@ pub fn clip_grad_norm(params: &[(String, ParamMut<'_>)], grads: &mut Gradients<f
         }
     }
     norm
+}
+
+/// Linear warm-up from 0 to `peak` over `warmup` steps, then linear decay to 0 at `total`.
+/// `step` counts from 1 (the first update already gets a non-zero rate).
+pub fn warmup_linear_lr(peak: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if step <= warmup {
+        peak * step as f64 / warmup.max(1) as f64
+    } else {
+        peak * (total.saturating_sub(step)) as f64 / (total - warmup).max(1) as f64
+    }
 }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
-use crate::report::{write_atomic, MetricsRow};
+use crate::report::MetricsRow;
+use crate::files::write_atomic;
 
 const SIZE: (u32, u32) = (1100, 420);
 const FONT: &str = "sans-serif";

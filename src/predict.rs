@@ -9,15 +9,17 @@ use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
 use rand::SeedableRng;
 
+use crate::backend::{StudentBackend, TeacherBackend};
+use crate::config::DeviceName;
+use crate::encode::EncodedSet;
+use crate::inference::teacher_logits;
+use crate::loss::softmax;
 use crate::metrics::argmax_rows;
 use crate::models::bert::BertForSequenceClassification;
-use crate::models::bert_inference::BertInference;
-use crate::models::packed::{missing_instruction_note, Precision};
 use crate::models::bilstm::BiLstmStudent;
+use crate::ops::packed::Precision;
+use crate::models::student_card::StudentCard;
 use crate::tokenize::{BertTokenizer, TextEncoder, Vocab};
-use crate::train::student::StudentCard;
-use crate::train::teacher::teacher_logits;
-use crate::train::EncodedSet;
 
 #[derive(clap::Args, Debug)]
 pub struct PredictArgs {
@@ -44,8 +46,8 @@ pub struct PredictArgs {
 
 /// A loaded model that maps texts to logits.
 enum Predictor {
-    Student { model: Box<BiLstmStudent>, encoder: TextEncoder, card: StudentCard },
-    Teacher { model: Box<BertInference>, tokenizer: BertTokenizer, labels: Vec<String> },
+    Student { model: Box<StudentBackend>, encoder: TextEncoder, card: StudentCard },
+    Teacher { model: Box<TeacherBackend>, tokenizer: BertTokenizer, labels: Vec<String> },
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
@@ -86,7 +88,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         let classes = labels.len();
         for ((row, text), best) in logits.chunks_exact(classes).zip(chunk).zip(argmax_rows(&logits, classes)) {
             let mut record = vec![labels[best].clone()];
-            let values = if args.logits { row.to_vec() } else { softmax(row) };
+            let values = if args.logits { row.to_vec() } else { softmax(row, 1.0) };
             record.extend(values.into_iter().map(|p| format!("{p:.6}")));
             record.push(match &text.1 {
                 Some(b) => format!("{}\t{b}", text.0),
@@ -134,10 +136,8 @@ impl Predictor {
             let model =
                 BertForSequenceClassification::load(dir, labels.len(), &cpu, &mut rand::rngs::StdRng::seed_from_u64(0))?;
             let tokenizer = BertTokenizer::load(dir, max_len)?;
-            if let Some(note) = missing_instruction_note(precision) {
-                eprintln!("{note}");
-            }
-            return Ok(Predictor::Teacher { model: Box::new(BertInference::new(&model, precision)), tokenizer, labels });
+            let model = TeacherBackend::new(&model, DeviceName::Cpu, precision)?;
+            return Ok(Predictor::Teacher { model: Box::new(model), tokenizer, labels });
         }
         if !precision.is_f32() {
             bail!("{}: --precision {} applies to a teacher dir; a Bi-LSTM student runs in f32", dir.display(), precision.name());
@@ -160,7 +160,7 @@ impl Predictor {
                 model.shape.vocab_size
             );
         }
-        Ok(Predictor::Student { model: Box::new(model), encoder, card })
+        Ok(Predictor::Student { model: Box::new(StudentBackend::for_inference(model, DeviceName::Cpu)?), encoder, card })
     }
 
     fn labels(&self) -> &[String] {
@@ -188,7 +188,7 @@ impl Predictor {
                 let all: Vec<usize> = (0..set.len()).collect();
                 let mut logits = Vec::new();
                 for chunk in all.chunks(batch_size) {
-                    logits.extend(model.predict_logits(&set.input(chunk, encoder.vocab().unk_id)));
+                    logits.extend(model.predict_logits(&set.input(chunk, encoder.vocab().unk_id))?);
                 }
                 Ok(logits)
             }
@@ -207,11 +207,4 @@ fn teacher_labels(config: &serde_json::Value) -> Option<Vec<String>> {
         map.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string()))).collect();
     labels.sort();
     Some(labels.into_iter().map(|(_, l)| l).collect())
-}
-
-fn softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
-    let sum: f32 = e.iter().sum();
-    e.into_iter().map(|v| v / sum).collect()
 }

@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{expand_path, line_of_key, set_key, ConfigError, Experiment, Stage};
 use crate::plots::{sweep_parameter, SweepPoint};
-use crate::report::{read_results, write_atomic, ResultRow};
+use crate::report::{read_results, ResultRow};
+use crate::files::write_atomic;
 use crate::train::{run_experiment, stage_result_path};
 
 /// A grid of experiments declared in one file.

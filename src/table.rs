@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::config::{expand_path, DistillConfig, DistillLoss, Experiment};
-use crate::report::{read_results, write_atomic, ResultRow};
+use crate::report::{read_results, ResultRow};
+use crate::files::write_atomic;
 
 /// A table file: its columns, in order.
 #[derive(Debug, Deserialize)]

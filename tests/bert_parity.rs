@@ -157,7 +157,7 @@ fn parameter_names_are_the_checkpoint_names() {
 #[test]
 fn reduced_precision_hidden_states_stay_close_to_f32() {
     use distill::models::bert_inference::BertInference;
-    use distill::models::packed::Precision;
+    use distill::ops::packed::Precision;
     let dir = minilm_dir();
     if !dir.join("model.safetensors").is_file() {
         eprintln!("skipped: {} is missing; run scripts/setup", dir.display());

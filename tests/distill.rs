@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 
 use dfdx::prelude::*;
 use distill::config::DistillLoss;
-use distill::train::student::{distill_loss, LossSpec};
-use distill::train::teacher::TEACHER_INFERENCE_ROWS;
+use distill::inference::TEACHER_INFERENCE_ROWS;
+use distill::loss::{distill_loss, LossSpec};
 
 /// Loss value and d loss / d logits for one row of logits.
 fn loss_and_grad(logits: [f32; 2], teacher: [f32; 2], label: usize, spec: LossSpec) -> (f32, Vec<f32>) {

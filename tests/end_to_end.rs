@@ -73,8 +73,9 @@ epochs = 3
     let encoder = distill::tokenize::TextEncoder::jieba_with_vocab(distill::tokenize::Vocab::from_tokens(vocab).unwrap());
     let task = distill::data::Task::new(exp.task, None);
     let (_, dev) = distill::train::load_splits(&exp, &task).unwrap();
-    let set = distill::train::EncodedSet::new(&dev, &encoder, exp.student.as_ref().unwrap().max_seq_len);
-    let eval = distill::train::evaluate(&model, &set, 1, 64);
+    let set = distill::encode::EncodedSet::new(&dev, &encoder, exp.student.as_ref().unwrap().max_seq_len);
+    let student = distill::backend::StudentBackend::for_inference(model, distill::config::DeviceName::Cpu).unwrap();
+    let eval = distill::inference::evaluate_student(&student, &set, 1, 64).unwrap();
     assert!((eval.metrics.accuracy - row.dev_accuracy).abs() < 1e-9);
 
     // No temporary files are left behind.

@@ -4,7 +4,7 @@
 use dfdx::prelude::*;
 use distill::config::PairFeatures;
 use distill::models::bilstm::{BiLstmStudent, StudentInput, StudentShape, TokenBatch};
-use distill::train::mean_cross_entropy;
+use distill::loss::mean_cross_entropy;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 

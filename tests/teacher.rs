@@ -6,8 +6,9 @@ use std::path::Path;
 use dfdx::prelude::*;
 use distill::data::Task;
 use distill::models::bert::{BertForSequenceClassification, BertInput, Dropout};
-use distill::train::mean_cross_entropy;
-use distill::train::teacher::{bucketed_batches, warmup_linear_lr};
+use distill::loss::mean_cross_entropy;
+use distill::optim::warmup_linear_lr;
+use distill::train::batches::{bucketed_batches, shuffled_batches};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -203,7 +204,7 @@ fn bucketed_batches_cover_every_example_once_with_similar_lengths() {
     let waste = |batches: &[Vec<usize>]| -> usize {
         batches.iter().map(|b| b.iter().map(|&i| b.iter().map(|&j| lengths[j]).max().unwrap() - lengths[i]).sum::<usize>()).sum()
     };
-    let random = distill::train::shuffled_batches(5000, 32, &mut rng);
+    let random = shuffled_batches(5000, 32, &mut rng);
     assert!(waste(&batches) * 10 < waste(&random), "bucketed {} vs random {}", waste(&batches), waste(&random));
 }
 
@@ -332,7 +333,7 @@ fn portable_fallback_matches_the_dispatched_path() {
 #[test]
 fn teacher_logits_are_cached_per_precision() {
     use distill::config::{DeviceName, Precision};
-    use distill::train::teacher::{cached_teacher_logits, TEACHER_INFERENCE_ROWS};
+    use distill::inference::{cached_teacher_logits, TEACHER_INFERENCE_ROWS};
     use std::sync::atomic::Ordering;
     let out = tiny_teacher_dir(9);
     let dir = out.path().join("teacher");

@@ -94,6 +94,10 @@ impl GpuBert {
         &self.gpu
     }
 
+    pub fn num_labels(&self) -> usize {
+        self.classifier.outputs
+    }
+
     /// Logits `[batch, num_labels]`, row-major, as `BertForSequenceClassification::predict_logits`.
     pub fn predict_logits(&self, input: &BertInput) -> Result<Vec<f32>> {
         let gpu = &self.gpu;

@@ -7,7 +7,6 @@
 //! which `scripts/setup` unpacks into `$DISTILL_HOME/cuda/lib` (override: `DISTILL_NVRTC`).
 
 pub mod bert;
-pub mod check;
 pub mod student;
 
 use std::collections::HashMap;

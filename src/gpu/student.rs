@@ -4,27 +4,52 @@
 //! steps, then per step one recurrent GEMM and the fused cell kernel) → final states →
 //! pair features → tanh(fc) → output layer → logits; the backward pass runs the same steps
 //! in reverse. The loss and its gradient with respect to the logits (a few numbers per
-//! example) are computed on the host, exactly as the CPU path defines them.
+//! example) come from `crate::loss` on the host: the one definition the CPU path uses.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use cudarc::driver::CudaSlice;
 
 use super::Gpu;
-use crate::config::{DistillLoss, OptimizerName, PairFeatures};
+use crate::config::{OptimizerName, PairFeatures};
 use crate::launch;
 use crate::models::bilstm::{BiLstmStudent, StudentInput, StudentShape};
 use crate::models::lstm::Packing;
 use crate::optim::OptimizerConfig;
-use crate::train::student::LossSpec;
+use crate::loss::{loss_and_grad, LossAndGrad, Targets};
 
-/// Parameter indices, in `BiLstmStudent::params_mut` order.
-const EMBEDDER: usize = 0;
-/// First index of each direction's `weight_ih, weight_hh, bias_ih, bias_hh`.
-const DIRECTIONS: [usize; 2] = [1, 5];
-const FC_WEIGHT: usize = 9;
-const FC_BIAS: usize = 10;
-const OUT_WEIGHT: usize = 11;
-const OUT_BIAS: usize = 12;
+/// Where each parameter sits in `params` (the order of `BiLstmStudent::params_mut`), found
+/// by its checkpoint name.
+#[derive(Debug, Clone, Copy)]
+struct ParamIndex {
+    embedder: usize,
+    /// First index of each direction's `weight_ih, weight_hh, bias_ih, bias_hh` (consecutive).
+    directions: [usize; 2],
+    fc_weight: usize,
+    fc_bias: usize,
+    out_weight: usize,
+    out_bias: usize,
+}
+
+impl ParamIndex {
+    fn new(names: &[String]) -> Result<ParamIndex> {
+        let find = |name: &str| names.iter().position(|n| n == name).with_context(|| format!("the student has no parameter {name}"));
+        let direction = |suffix: &str| -> Result<usize> {
+            let first = find(&format!("lstm.weight_ih_l0{suffix}"))?;
+            for (offset, part) in ["weight_hh", "bias_ih", "bias_hh"].iter().enumerate() {
+                ensure!(find(&format!("lstm.{part}_l0{suffix}"))? == first + 1 + offset, "lstm{suffix}: parameters out of order");
+            }
+            Ok(first)
+        };
+        Ok(ParamIndex {
+            embedder: find("embedder.weight")?,
+            directions: [direction("")?, direction("_reverse")?],
+            fc_weight: find("fc.weight")?,
+            fc_bias: find("fc.bias")?,
+            out_weight: find("output_layer.weight")?,
+            out_bias: find("output_layer.bias")?,
+        })
+    }
+}
 
 /// What one direction's backward pass needs from its forward pass (as `models::lstm`'s trace).
 struct DirectionTrace {
@@ -56,6 +81,7 @@ pub struct GpuStudent {
     pub shape: StudentShape,
     dropout: f32,
     params: Vec<CudaSlice<f32>>,
+    index: ParamIndex,
     grads: Vec<CudaSlice<f32>>,
     /// Optimizer state per parameter (Adadelta: square and delta averages; Adam: m and v).
     state: Vec<(CudaSlice<f32>, CudaSlice<f32>)>,
@@ -66,19 +92,6 @@ pub struct GpuStudent {
     seed: u32,
 }
 
-/// The loss of a batch and its gradient with respect to the logits.
-pub struct LossAndGrad {
-    pub loss: f32,
-    pub d_logits: Vec<f32>,
-}
-
-/// What a training step learns from (the GPU twin of `train::student::Targets`, per batch).
-pub enum BatchTargets<'a> {
-    Gold,
-    /// The teacher's logits for the batch's rows (`rows × labels`).
-    Teacher { logits: &'a [f32], loss: LossSpec },
-}
-
 impl GpuStudent {
     /// Copies `model`'s weights to the GPU; `optimizer` is used by [`GpuStudent::train_step`].
     pub fn new(gpu: Gpu, model: &mut BiLstmStudent, optimizer: OptimizerConfig, seed: u64) -> Result<GpuStudent> {
@@ -86,8 +99,9 @@ impl GpuStudent {
             optimizer.weight_decay == 0.0,
             "the GPU student has no weight decay; the student's optimizers use none"
         );
+        let names: Vec<String> = model.params_mut().into_iter().map(|(n, _)| n).collect();
+        let index = ParamIndex::new(&names)?;
         let values: Vec<Vec<f32>> = model.params_mut().iter().map(|(_, p)| p.values()).collect();
-        ensure!(values.len() == OUT_BIAS + 1, "unexpected student parameter list ({} tensors)", values.len());
         let params = values.iter().map(|v| gpu.upload(v)).collect::<Result<Vec<_>>>()?;
         let grads = values.iter().map(|v| gpu.zeros(v.len())).collect::<Result<Vec<_>>>()?;
         let state = values.iter().map(|v| Ok((gpu.zeros(v.len())?, gpu.zeros(v.len())?))).collect::<Result<Vec<_>>>()?;
@@ -95,6 +109,7 @@ impl GpuStudent {
         Ok(GpuStudent {
             gpu,
             shape: model.shape,
+            index,
             dropout: model.dropout,
             params,
             grads,
@@ -110,15 +125,18 @@ impl GpuStudent {
         &self.gpu
     }
 
-    /// Gives the GPU back (to load another model on it).
-    pub fn into_gpu(self) -> Gpu {
-        self.gpu
-    }
-
     /// Copies the GPU weights back into `model` (for checkpoints and CPU inference).
     pub fn copy_to(&self, model: &mut BiLstmStudent) -> Result<()> {
         for ((_, mut param), values) in model.params_mut().into_iter().zip(&self.params) {
             param.set_values(&self.gpu.download(values)?);
+        }
+        Ok(())
+    }
+
+    /// Replaces the GPU weights with `model`'s (optimizer state is kept).
+    pub fn copy_from(&mut self, model: &mut BiLstmStudent) -> Result<()> {
+        for (values, (_, param)) in self.params.iter_mut().zip(model.params_mut()) {
+            *values = self.gpu.upload(&param.values())?;
         }
         Ok(())
     }
@@ -129,9 +147,11 @@ impl GpuStudent {
         self.gpu.download(&logits)
     }
 
-    /// One optimizer step on a batch; returns the batch's loss (a non-finite loss makes no update). `labels` are the gold labels;
-    /// `max_grad_norm` > 0 clips the global gradient norm first, as the CPU path does.
-    pub fn train_step(&mut self, input: &StudentInput, labels: &[usize], targets: &BatchTargets, max_grad_norm: f32, train_embeddings: bool) -> Result<f32> {
+    /// One optimizer step on a batch; returns the batch's loss (a non-finite loss makes no
+    /// update). The loss and its gradient with respect to the logits come from `crate::loss`
+    /// on the host, the one definition the CPU path uses too. `max_grad_norm` > 0 clips the
+    /// global gradient norm first, as the CPU path does.
+    pub fn train_step(&mut self, input: &StudentInput, labels: &[usize], targets: &Targets, max_grad_norm: f32, train_embeddings: bool) -> Result<f32> {
         let (logits, acts) = self.forward(input, true)?;
         let logits = self.gpu.download(&logits)?;
         let LossAndGrad { loss, d_logits } = loss_and_grad(&logits, labels, targets, self.shape.num_labels);
@@ -161,12 +181,12 @@ impl GpuStudent {
         let order: Vec<i32> = packing.order.iter().map(|&i| i as i32).collect();
         let order = gpu.upload(&order)?;
         let mut x = gpu.zeros(total * e)?;
-        launch!(gpu, "gather_rows", total * e; &self.params[EMBEDDER], &ids, &mut x, &(total as i32), &(e as i32))?;
+        launch!(gpu, "gather_rows", total * e; &self.params[self.index.embedder], &ids, &mut x, &(total as i32), &(e as i32))?;
         let x_mask = if dropout { Some(self.dropout_in_place(&mut x, 1)?) } else { None };
 
         let mut finals = Vec::with_capacity(2);
         let mut traces = Vec::with_capacity(2);
-        for (d, &first) in DIRECTIONS.iter().enumerate() {
+        for (d, &first) in self.index.directions.iter().enumerate() {
             let (h_final, trace) = self.direction_forward(&x, packing, first, d == 1, train)?;
             finals.push(h_final);
             traces.extend(trace);
@@ -186,10 +206,10 @@ impl GpuStudent {
         let features_mask = if dropout { Some(self.dropout_in_place(&mut features, 2)?) } else { None };
         let width = features.len() / examples.max(1);
         let mut hidden = gpu.zeros(examples * s.fc_size)?;
-        self.linear(&mut hidden, &features, FC_WEIGHT, FC_BIAS, (examples, s.fc_size, width))?;
+        self.linear(&mut hidden, &features, self.index.fc_weight, self.index.fc_bias, (examples, s.fc_size, width))?;
         launch!(gpu, "tanh_forward", examples * s.fc_size; &mut hidden, &((examples * s.fc_size) as i32))?;
         let mut logits = gpu.zeros(examples * s.num_labels)?;
-        self.linear(&mut logits, &hidden, OUT_WEIGHT, OUT_BIAS, (examples, s.num_labels, s.fc_size))?;
+        self.linear(&mut logits, &hidden, self.index.out_weight, self.index.out_bias, (examples, s.num_labels, s.fc_size))?;
 
         let acts = train.then(|| {
             let [fwd, bwd]: [DirectionTrace; 2] = traces.try_into().unwrap_or_else(|_| unreachable!("two traces"));
@@ -269,11 +289,11 @@ impl GpuStudent {
             let d_logits = gpu.upload(d_logits)?;
             // Output layer and fc.
             let mut d_hidden = gpu.zeros(examples * s.fc_size)?;
-            self.linear_backward(&mut grads, &d_logits, &acts.hidden, &mut d_hidden, OUT_WEIGHT, OUT_BIAS, (examples, s.num_labels, s.fc_size))?;
+            self.linear_backward(&mut grads, &d_logits, &acts.hidden, &mut d_hidden, self.index.out_weight, self.index.out_bias, (examples, s.num_labels, s.fc_size))?;
             launch!(gpu, "tanh_backward", examples * s.fc_size; &acts.hidden, &mut d_hidden, &((examples * s.fc_size) as i32))?;
             let width = acts.features.len() / examples.max(1);
             let mut d_features = gpu.zeros(examples * width)?;
-            self.linear_backward(&mut grads, &d_hidden, &acts.features, &mut d_features, FC_WEIGHT, FC_BIAS, (examples, s.fc_size, width))?;
+            self.linear_backward(&mut grads, &d_hidden, &acts.features, &mut d_features, self.index.fc_weight, self.index.fc_bias, (examples, s.fc_size, width))?;
             if let Some(mask) = &acts.features_mask {
                 let n = d_features.len();
                 launch!(gpu, "multiply", n; &mut d_features, mask, &(n as i32))?;
@@ -292,16 +312,16 @@ impl GpuStudent {
 
             // Both directions; their input gradients add up in d_x.
             let mut d_x = gpu.zeros(total * s.embedding_dim)?;
-            for (d, (&first, d_final)) in DIRECTIONS.iter().zip([d_fwd, d_bwd]).enumerate() {
+            for (d, (&first, d_final)) in self.index.directions.iter().zip([d_fwd, d_bwd]).enumerate() {
                 self.direction_backward(&mut grads, &acts.x, packing, first, d == 1, &acts.traces[d], d_final, &mut d_x, d > 0)?;
             }
             if let Some(mask) = &acts.x_mask {
                 let n = d_x.len();
                 launch!(gpu, "multiply", n; &mut d_x, mask, &(n as i32))?;
             }
-            gpu.set_zero(&mut grads[EMBEDDER])?;
+            gpu.set_zero(&mut grads[self.index.embedder])?;
             let e = s.embedding_dim;
-            launch!(gpu, "scatter_add_rows", total * e; &d_x, &acts.ids, &mut grads[EMBEDDER], &(total as i32), &(e as i32))?;
+            launch!(gpu, "scatter_add_rows", total * e; &d_x, &acts.ids, &mut grads[self.index.embedder], &(total as i32), &(e as i32))?;
             Ok(())
         })();
         self.grads = grads;
@@ -389,12 +409,12 @@ impl GpuStudent {
         let step = self.steps as i32;
         let gpu = &self.gpu;
         for (i, (param, ((s1, s2), grad))) in self.params.iter_mut().zip(self.state.iter_mut().zip(&self.grads)).enumerate() {
-            if i == EMBEDDER && !train_embeddings {
+            if i == self.index.embedder && !train_embeddings {
                 continue;
             }
             let n = param.len();
             match cfg.kind {
-                OptimizerName::Adadelta if i == EMBEDDER => {
+                OptimizerName::Adadelta if i == self.index.embedder => {
                     let rows: Vec<i32> = input.tokens.distinct_ids().into_iter().map(|r| r as i32).collect();
                     let rows_dev = gpu.upload(&rows)?;
                     let (nrows, width) = (rows.len() as i32, self.shape.embedding_dim as i32);
@@ -421,83 +441,4 @@ fn pair_mode(mode: PairFeatures) -> i32 {
         PairFeatures::Tang => 0,
         PairFeatures::Seed => 1,
     }
-}
-
-/// The student's training loss on a batch and its gradient with respect to the logits
-/// (`examples × classes`), with the CPU path's definitions (dfdx's losses, see
-/// `train::student::distill_loss`): cross-entropy and KL are means over rows, MSE is a mean
-/// over all elements, KL is on logits / T and scaled by T², and `alpha` > 0 mixes in
-/// cross-entropy on the gold labels.
-pub fn loss_and_grad(logits: &[f32], labels: &[usize], targets: &BatchTargets, classes: usize) -> LossAndGrad {
-    let rows = labels.len();
-    assert_eq!(logits.len(), rows * classes, "logits and labels disagree");
-    let mut d_logits = vec![0f32; logits.len()];
-    let ce = |d: &mut [f32], weight: f32| -> f32 {
-        let mut total = 0f64;
-        for ((z, g), &y) in logits.chunks_exact(classes).zip(d.chunks_exact_mut(classes)).zip(labels) {
-            let p = softmax(z, 1.0);
-            total += -(p[y].max(f32::MIN_POSITIVE) as f64).ln();
-            for (c, gc) in g.iter_mut().enumerate() {
-                *gc += weight * (p[c] - if c == y { 1.0 } else { 0.0 }) / rows as f32;
-            }
-        }
-        (total / rows as f64) as f32
-    };
-    let (spec, teacher) = match targets {
-        BatchTargets::Gold => {
-            let loss = ce(&mut d_logits, 1.0);
-            return LossAndGrad { loss, d_logits };
-        }
-        BatchTargets::Teacher { logits: teacher, loss } => (*loss, *teacher),
-    };
-    assert_eq!(teacher.len(), logits.len(), "teacher logits and student logits disagree");
-    if spec.kind == DistillLoss::Ce {
-        let loss = ce(&mut d_logits, 1.0);
-        return LossAndGrad { loss, d_logits };
-    }
-    let soft_weight = if spec.alpha > 0.0 { 1.0 - spec.alpha } else { 1.0 };
-    let soft = match spec.kind {
-        DistillLoss::Mse => {
-            let n = logits.len() as f32;
-            let mut total = 0f64;
-            for ((z, t), g) in logits.iter().zip(teacher).zip(d_logits.iter_mut()) {
-                total += ((z - t) as f64).powi(2);
-                *g += soft_weight * 2.0 * (z - t) / n;
-            }
-            (total / n as f64) as f32
-        }
-        DistillLoss::Kl => {
-            let temp = spec.temperature;
-            let mut total = 0f64;
-            for ((z, t), g) in logits.chunks_exact(classes).zip(teacher.chunks_exact(classes)).zip(d_logits.chunks_exact_mut(classes)) {
-                // Floored so that the log never sees an exact 0, as on the CPU path.
-                let p: Vec<f32> = softmax(t, temp).into_iter().map(|v| v.max(1e-12)).collect();
-                let p_sum: f32 = p.iter().sum();
-                let scaled: Vec<f32> = z.iter().map(|v| v / temp).collect();
-                let (q, log_q) = (softmax(&scaled, 1.0), log_softmax(&scaled));
-                for c in 0..classes {
-                    total += (p[c] * (p[c].ln() - log_q[c])) as f64;
-                    // d/dz of T²·Σ p·(ln p − log_softmax(z/T)) = T·(q·Σp − p).
-                    g[c] += soft_weight * temp * (q[c] * p_sum - p[c]) / rows as f32;
-                }
-            }
-            (total / rows as f64) as f32 * temp * temp
-        }
-        DistillLoss::Ce => unreachable!("handled above"),
-    };
-    let loss = if spec.alpha > 0.0 { soft * (1.0 - spec.alpha) + spec.alpha * ce(&mut d_logits, spec.alpha) } else { soft };
-    LossAndGrad { loss, d_logits }
-}
-
-fn softmax(row: &[f32], temperature: f32) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = row.iter().map(|v| ((v - max) / temperature).exp()).collect();
-    let sum: f32 = e.iter().sum();
-    e.into_iter().map(|v| v / sum).collect()
-}
-
-fn log_softmax(row: &[f32]) -> Vec<f32> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum = row.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max;
-    row.iter().map(|v| v - log_sum).collect()
 }

@@ -17,12 +17,12 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use serde::Deserialize;
 
-use super::attention::{attention, AttentionShape};
+use crate::ops::attention::{attention, AttentionShape};
 use super::bert_inference::BertInference;
 use super::layers::{gelu, safetensors_bytes, LayerNorm, Linear, ParamMut};
-use super::packed::Precision;
-use super::lstm::{Matrix, Vector};
-use crate::report::write_dir_atomic;
+use crate::ops::packed::Precision;
+use crate::ops::Matrix;
+use crate::files::write_dir_atomic;
 
 /// The fields of an HF BERT `config.json` that fix the architecture.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -109,27 +109,12 @@ impl<'a> Weights<'a> {
         Ok(view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
     }
 
-    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
-        Ok(self.dev.tensor_from_vec(self.values(name, &[rows, cols])?, (rows, cols)))
-    }
-
-    pub fn vector(&self, name: &str, len: usize) -> Result<Vector> {
-        Ok(self.dev.tensor_from_vec(self.values(name, &[len])?, (len,)))
-    }
-
-    pub fn linear(&self, prefix: &str, inputs: usize, outputs: usize) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.matrix(&format!("{prefix}.weight"), outputs, inputs)?,
-            bias: self.vector(&format!("{prefix}.bias"), outputs)?,
-        })
-    }
-
-    pub fn layer_norm(&self, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
-        Ok(LayerNorm {
-            weight: self.vector(&format!("{prefix}.weight"), dim)?,
-            bias: self.vector(&format!("{prefix}.bias"), dim)?,
-            eps,
-        })
+    /// Fills every parameter of `params` from the tensor of the same name (shapes checked).
+    pub fn fill(&self, params: Vec<(String, ParamMut<'_>)>) -> Result<()> {
+        for (name, mut param) in params {
+            param.set_values(&self.values(&name, &param.dims())?);
+        }
+        Ok(())
     }
 
     /// Whether the checkpoint names a tensor (for optional parts such as the pooler).
@@ -210,21 +195,20 @@ pub struct BertEmbeddings {
 }
 
 impl BertEmbeddings {
-    fn load(w: &Weights, prefix: &str, c: &BertConfig) -> Result<Self> {
-        Ok(BertEmbeddings {
-            word_embeddings: w.matrix(&format!("{prefix}.word_embeddings.weight"), c.vocab_size, c.hidden_size)?,
-            position_embeddings: w.matrix(
-                &format!("{prefix}.position_embeddings.weight"),
-                c.max_position_embeddings,
-                c.hidden_size,
-            )?,
-            token_type_embeddings: w.matrix(
-                &format!("{prefix}.token_type_embeddings.weight"),
-                c.type_vocab_size,
-                c.hidden_size,
-            )?,
-            layer_norm: w.layer_norm(&format!("{prefix}.LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
-        })
+    fn zeros(c: &BertConfig, dev: &Cpu) -> Self {
+        BertEmbeddings {
+            word_embeddings: dev.zeros_like(&(c.vocab_size, c.hidden_size)),
+            position_embeddings: dev.zeros_like(&(c.max_position_embeddings, c.hidden_size)),
+            token_type_embeddings: dev.zeros_like(&(c.type_vocab_size, c.hidden_size)),
+            layer_norm: LayerNorm::new(dev, c.hidden_size, c.layer_norm_eps),
+        }
+    }
+
+    fn params_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, ParamMut<'a>)>) {
+        out.push((format!("{prefix}.word_embeddings.weight"), ParamMut::Matrix(&mut self.word_embeddings)));
+        out.push((format!("{prefix}.position_embeddings.weight"), ParamMut::Matrix(&mut self.position_embeddings)));
+        out.push((format!("{prefix}.token_type_embeddings.weight"), ParamMut::Matrix(&mut self.token_type_embeddings)));
+        self.layer_norm.params_mut(&format!("{prefix}.LayerNorm"), out);
     }
 
     /// `[batch·seq, hidden]` from `word_embeddings` (which carries the tape).
@@ -249,6 +233,12 @@ pub struct BertSelfAttention {
 }
 
 impl BertSelfAttention {
+    fn params_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, ParamMut<'a>)>) {
+        self.query.params_mut(&format!("{prefix}.query"), out);
+        self.key.params_mut(&format!("{prefix}.key"), out);
+        self.value.params_mut(&format!("{prefix}.value"), out);
+    }
+
     /// Multi-head attention over `[batch·seq, hidden]`; `mask` is `[batch, seq]` with 0 for
     /// real keys and a large negative number for padding.
     fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, mask: &[f32], shape: (usize, usize), dropout: f32) -> Matrix<T> {
@@ -270,11 +260,13 @@ pub struct BertResidualOutput {
 }
 
 impl BertResidualOutput {
-    fn load(w: &Weights, prefix: &str, inputs: usize, c: &BertConfig) -> Result<Self> {
-        Ok(BertResidualOutput {
-            dense: w.linear(&format!("{prefix}.dense"), inputs, c.hidden_size)?,
-            layer_norm: w.layer_norm(&format!("{prefix}.LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
-        })
+    fn zeros(inputs: usize, c: &BertConfig, dev: &Cpu) -> Self {
+        BertResidualOutput { dense: Linear::zeros(dev, inputs, c.hidden_size), layer_norm: LayerNorm::new(dev, c.hidden_size, c.layer_norm_eps) }
+    }
+
+    fn params_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, ParamMut<'a>)>) {
+        self.dense.params_mut(&format!("{prefix}.dense"), out);
+        self.layer_norm.params_mut(&format!("{prefix}.LayerNorm"), out);
     }
 
     fn forward<T: Tape<f32, Cpu> + Merge<R>, R: Tape<f32, Cpu>>(
@@ -300,19 +292,26 @@ pub struct BertLayer {
 }
 
 impl BertLayer {
-    fn load(w: &Weights, prefix: &str, c: &BertConfig) -> Result<Self> {
+    fn zeros(c: &BertConfig, dev: &Cpu) -> Self {
         let h = c.hidden_size;
-        Ok(BertLayer {
+        BertLayer {
             attention_self: BertSelfAttention {
-                query: w.linear(&format!("{prefix}.attention.self.query"), h, h)?,
-                key: w.linear(&format!("{prefix}.attention.self.key"), h, h)?,
-                value: w.linear(&format!("{prefix}.attention.self.value"), h, h)?,
+                query: Linear::zeros(dev, h, h),
+                key: Linear::zeros(dev, h, h),
+                value: Linear::zeros(dev, h, h),
                 num_heads: c.num_attention_heads,
             },
-            attention_output: BertResidualOutput::load(w, &format!("{prefix}.attention.output"), h, c)?,
-            intermediate: w.linear(&format!("{prefix}.intermediate.dense"), h, c.intermediate_size)?,
-            output: BertResidualOutput::load(w, &format!("{prefix}.output"), c.intermediate_size, c)?,
-        })
+            attention_output: BertResidualOutput::zeros(h, c, dev),
+            intermediate: Linear::zeros(dev, h, c.intermediate_size),
+            output: BertResidualOutput::zeros(c.intermediate_size, c, dev),
+        }
+    }
+
+    fn params_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, ParamMut<'a>)>) {
+        self.attention_self.params_mut(&format!("{prefix}.attention.self"), out);
+        self.attention_output.params_mut(&format!("{prefix}.attention.output"), out);
+        self.intermediate.params_mut(&format!("{prefix}.intermediate.dense"), out);
+        self.output.params_mut(&format!("{prefix}.output"), out);
     }
 
     fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, mask: &[f32], shape: (usize, usize), dropout: Dropout) -> Matrix<T> {
@@ -345,18 +344,26 @@ impl BertModel {
         Self::from_weights(&w, root, config)
     }
 
+    /// The model `w` holds under `root` (`""` or `"bert."`): built to the config's shapes,
+    /// then every parameter filled by its name from [`BertModel::params_mut`].
     pub fn from_weights(w: &Weights, root: &str, config: BertConfig) -> Result<BertModel> {
-        let embeddings = BertEmbeddings::load(w, &format!("{root}embeddings"), &config)?;
-        let encoder_layers = (0..config.num_hidden_layers)
-            .map(|i| BertLayer::load(w, &format!("{root}encoder.layer.{i}"), &config))
-            .collect::<Result<Vec<_>>>()?;
-        let pooler_name = format!("{root}pooler.dense");
-        let pooler = if w.has(&format!("{pooler_name}.weight")) {
-            Some(w.linear(&pooler_name, config.hidden_size, config.hidden_size)?)
-        } else {
-            None
-        };
-        Ok(BertModel { config, embeddings, encoder_layers, pooler })
+        let with_pooler = w.has(&format!("{root}pooler.dense.weight"));
+        let mut model = BertModel::zeros(config, with_pooler, &w.dev);
+        let mut params = Vec::new();
+        model.params_mut(root, &mut params);
+        w.fill(params)?;
+        Ok(model)
+    }
+
+    /// A model of `config`'s shapes with zero weights (LayerNorm: ones and zeros).
+    pub fn zeros(config: BertConfig, with_pooler: bool, dev: &Cpu) -> BertModel {
+        let h = config.hidden_size;
+        BertModel {
+            embeddings: BertEmbeddings::zeros(&config, dev),
+            encoder_layers: (0..config.num_hidden_layers).map(|_| BertLayer::zeros(&config, dev)).collect(),
+            pooler: with_pooler.then(|| Linear::zeros(dev, h, h)),
+            config,
+        }
     }
 
     /// Last hidden state `[batch·seq, hidden]`; the tape starts at `word_embeddings`.
@@ -386,23 +393,12 @@ impl BertModel {
 }
 
 impl BertModel {
-    /// Parameters with their HF names under `prefix` (`""` or `"bert."`).
+    /// Parameters with their HF names under `prefix` (`""` or `"bert."`): the one list of
+    /// names that loading, saving and the optimizer go by.
     pub fn params_mut<'a>(&'a mut self, prefix: &str, out: &mut Vec<(String, ParamMut<'a>)>) {
-        let e = &mut self.embeddings;
-        out.push((format!("{prefix}embeddings.word_embeddings.weight"), ParamMut::Matrix(&mut e.word_embeddings)));
-        out.push((format!("{prefix}embeddings.position_embeddings.weight"), ParamMut::Matrix(&mut e.position_embeddings)));
-        out.push((format!("{prefix}embeddings.token_type_embeddings.weight"), ParamMut::Matrix(&mut e.token_type_embeddings)));
-        e.layer_norm.params_mut(&format!("{prefix}embeddings.LayerNorm"), out);
+        self.embeddings.params_mut(&format!("{prefix}embeddings"), out);
         for (i, layer) in self.encoder_layers.iter_mut().enumerate() {
-            let p = format!("{prefix}encoder.layer.{i}");
-            layer.attention_self.query.params_mut(&format!("{p}.attention.self.query"), out);
-            layer.attention_self.key.params_mut(&format!("{p}.attention.self.key"), out);
-            layer.attention_self.value.params_mut(&format!("{p}.attention.self.value"), out);
-            layer.attention_output.dense.params_mut(&format!("{p}.attention.output.dense"), out);
-            layer.attention_output.layer_norm.params_mut(&format!("{p}.attention.output.LayerNorm"), out);
-            layer.intermediate.params_mut(&format!("{p}.intermediate.dense"), out);
-            layer.output.dense.params_mut(&format!("{p}.output.dense"), out);
-            layer.output.layer_norm.params_mut(&format!("{p}.output.LayerNorm"), out);
+            layer.params_mut(&format!("{prefix}encoder.layer.{i}"), out);
         }
         if let Some(pooler) = self.pooler.as_mut() {
             pooler.params_mut(&format!("{prefix}pooler.dense"), out);
@@ -454,7 +450,11 @@ impl BertForSequenceClassification {
                     path.display()
                 );
             }
-            w.linear("classifier", h, num_labels)?
+            let mut classifier = Linear::zeros(dev, h, num_labels);
+            let mut params = Vec::new();
+            classifier.params_mut("classifier", &mut params);
+            w.fill(params)?;
+            classifier
         } else {
             init(num_labels, h)
         };

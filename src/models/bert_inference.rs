@@ -14,8 +14,8 @@ use rayon::prelude::*;
 
 use super::bert::{BertForSequenceClassification, BertInput, BertModel};
 use super::layers::{contiguous_values, LayerNorm, Linear};
-use super::packed::{Activation, PackedLinear, Precision};
-use super::simd::{dispatch, exp_fast};
+use crate::ops::packed::{Activation, PackedLinear, Precision};
+use crate::ops::simd::{dispatch, exp_fast};
 
 /// LayerNorm parameters as plain values.
 struct Norm {

@@ -19,7 +19,7 @@ use super::layers::{safetensors_bytes, uniform, Linear, ParamMut};
 use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection, Matrix, Packing, ProjectionCache};
 use std::sync::Mutex;
 use crate::config::PairFeatures;
-use crate::report::write_atomic;
+use crate::files::write_atomic;
 
 /// Everything that fixes the student's parameter shapes.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]

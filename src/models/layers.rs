@@ -5,9 +5,9 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::lstm::{Matrix, Vector};
-use super::matmul::{matmul, MatRef};
-use super::simd::{dispatch, exp_fast};
+use crate::ops::{Matrix, Vector};
+use crate::ops::matmul::{matmul, MatRef};
+use crate::ops::simd::{dispatch, exp_fast};
 
 /// `y = x · weightᵀ + bias`, with PyTorch's `[out, in]` weight.
 #[derive(Clone, Debug)]
@@ -17,6 +17,11 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// All zeros (to be filled from a checkpoint).
+    pub fn zeros(dev: &Cpu, inputs: usize, outputs: usize) -> Linear {
+        Linear { weight: dev.zeros_like(&(outputs, inputs)), bias: dev.zeros_like(&(outputs,)) }
+    }
+
     /// PyTorch's default init: uniform(±1/√in).
     pub fn new(dev: &Cpu, inputs: usize, outputs: usize, rng: &mut StdRng) -> Linear {
         let k = 1.0 / (inputs as f32).sqrt();

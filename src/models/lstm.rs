@@ -13,11 +13,10 @@
 
 use dfdx::prelude::*;
 
-use super::cell;
-use super::matmul::{matmul, MatRef, PackedRhs};
+use crate::ops::cell;
+use crate::ops::matmul::{matmul, MatRef, PackedRhs};
 
-pub type Matrix<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
-pub type Vector<T = NoneTape> = Tensor<(usize,), f32, Cpu, T>;
+pub use crate::ops::{Matrix, Vector};
 
 /// The weights of one direction, named as in PyTorch (`weight_ih_l0`, …).
 #[derive(Clone, Debug)]

@@ -1,12 +1,9 @@
-//! Models: the BERT teacher and the Bi-LSTM student, with the fused ops they use.
+//! Models: the BERT teacher and the Bi-LSTM student, each a struct with a constructor and a
+//! `forward`, built from the layers here and the ops in `crate::ops`.
 
-pub mod attention;
 pub mod bert;
 pub mod bert_inference;
 pub mod bilstm;
-pub mod cell;
 pub mod layers;
 pub mod lstm;
-pub mod matmul;
-pub mod packed;
-pub mod simd;
+pub mod student_card;

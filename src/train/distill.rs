@@ -9,14 +9,18 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use super::student::{fit, FitSettings, LossSpec, StudentSetup, Targets};
-use super::teacher::{cached_teacher_logits, evaluate_teacher, teacher_dir, TeacherSet};
-use super::{evaluate, EncodedSet, RunContext};
+use super::student::{fit, FitSettings, StudentSetup};
+use super::teacher::teacher_dir;
+use super::RunContext;
 use crate::augment::{join_words, Augmenter};
-use crate::config::expand_path;
+use crate::backend::{StudentBackend, TeacherBackend};
+use crate::config::{expand_path, DeviceName};
+use crate::encode::{EncodedSet, TeacherSet};
+use crate::inference::{cached_teacher_logits, evaluate_student, evaluate_teacher};
+use crate::loss::{LossSpec, Targets};
 use crate::models::bert::BertForSequenceClassification;
-use crate::models::bert_inference::BertInference;
-use crate::report::{write_atomic, ResultRow};
+use crate::report::ResultRow;
+use crate::files::write_atomic;
 use crate::tokenize::BertTokenizer;
 
 pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
@@ -81,16 +85,7 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
     let logits = teacher_pass.logits;
     let train_set = EncodedSet::from_transfer(&transfer, &setup.encoder, language, student_cfg.max_seq_len);
 
-    let settings = FitSettings {
-        stage: "distill",
-        optimizer: cfg.optimizer,
-        lr: cfg.lr,
-        batch_size: cfg.batch_size,
-        epochs: cfg.epochs,
-        eval_every: cfg.eval_every,
-        max_grad_norm: cfg.max_grad_norm,
-        train_embeddings: student_cfg.train_embeddings,
-    };
+    let settings = FitSettings { stage: "distill", training: cfg.training(), train_embeddings: student_cfg.train_embeddings };
     let loss = LossSpec { kind: cfg.loss, alpha: cfg.alpha as f32, temperature: cfg.temperature as f32 };
     let row = fit(ctx, &mut setup, &train_set, Targets::Teacher { logits: &logits, loss }, &settings)?;
 
@@ -99,12 +94,13 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
     let mut teacher = BertForSequenceClassification::load(&teacher_path, setup.task.num_labels(), &dev, &mut StdRng::seed_from_u64(0))?;
     let tokenizer = BertTokenizer::load(&teacher_path, teacher_max_len)?;
     let teacher_eval = evaluate_teacher(
-        &BertInference::new(&teacher, cfg.teacher_precision),
+        &TeacherBackend::new(&teacher, DeviceName::Cpu, cfg.teacher_precision)?,
         &TeacherSet::new(&setup.dev, &tokenizer)?,
         tokenizer.pad_id,
         cfg.teacher_batch_size,
-    );
-    let student_eval = evaluate(&setup.model, &setup.dev_set, setup.encoder.vocab().unk_id, 256);
+    )?;
+    let student = StudentBackend::for_inference(setup.model.clone(), DeviceName::Cpu)?;
+    let student_eval = evaluate_student(&student, &setup.dev_set, setup.encoder.vocab().unk_id, 256)?;
     let summary = DistillSummary {
         teacher_params: teacher.num_params(),
         student_params: row.params,

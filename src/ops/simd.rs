@@ -35,7 +35,7 @@ macro_rules! dispatch {
                 unsafe fn avx2($($arg: $ty),*) {
                     $generic($($arg),*)
                 }
-                let features = $crate::models::simd::cpu_features();
+                let features = $crate::ops::simd::cpu_features();
                 // SAFETY: each variant runs only where the CPU reports its features.
                 if features.avx512f {
                     return unsafe { avx512($($arg),*) };

@@ -1,5 +1,5 @@
-//! `distill gpu-check`'s parity half: the GPU student against the CPU one from the same
-//! weights (dropout 0: the two devices draw different masks). Also run by
+//! `distill gpu-check`'s parity half: each model on the GPU backend against the CPU backend
+//! from the same weights (dropout 0: the two devices draw different masks). Also run by
 //! `tests/gpu_student.rs` wherever a GPU is present.
 
 use anyhow::{ensure, Result};
@@ -7,12 +7,12 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::student::{BatchTargets, GpuStudent};
-use super::Gpu;
-use crate::config::{OptimizerName, PairFeatures};
+use super::{StudentBackend, TeacherBackend};
+use crate::config::{DeviceName, OptimizerName, PairFeatures};
+use crate::loss::Targets;
 use crate::models::bilstm::{BiLstmStudent, StudentInput, StudentShape, TokenBatch};
-use crate::optim::{Optimizer, OptimizerConfig};
-use crate::train::one_hot;
+use crate::ops::packed::Precision;
+use crate::optim::OptimizerConfig;
 
 /// Logits before training may differ by this much (float sums in another order)…
 pub const FORWARD_TOLERANCE: f32 = 1e-4;
@@ -40,39 +40,32 @@ pub fn student_parity() -> Result<Vec<String>> {
         let shape = StudentShape { vocab_size: vocab, embedding_dim: 32, hidden_size: 24, fc_size: 16, num_labels: 2, pair_features: pair };
         let dev = Cpu::seed_from_u64(0);
         let mut rng = StdRng::seed_from_u64(7);
-        let mut cpu = BiLstmStudent::new(shape, 0.0, &dev, &mut rng);
+        let model = BiLstmStudent::new(shape, 0.0, &dev, &mut rng);
         let cfg = OptimizerConfig::new(optimizer, lr);
-        let mut gpu = GpuStudent::new(Gpu::new()?, &mut cpu, cfg, 0)?;
+        let mut cpu = StudentBackend::new(model.clone(), cfg, true, DeviceName::Cpu, 0)?;
+        let mut gpu = StudentBackend::new(model, cfg, true, DeviceName::Cuda, 0)?;
         // Pairs: 18 texts = 9 (a, b) examples; single texts: 9 examples.
         let (texts, examples) = if pair.is_some() { (18, 9) } else { (9, 9) };
         let probe = random_batch(&mut rng, texts, examples, vocab);
-        let before = max_difference(&gpu.predict_logits(&probe)?, &cpu.predict_logits(&probe));
+        let before = max_difference(&gpu.predict_logits(&probe)?, &cpu.predict_logits(&probe)?);
         ensure!(before <= FORWARD_TOLERANCE, "{optimizer:?}: logits differ by {before} before training (tolerance {FORWARD_TOLERANCE})");
 
-        let mut opt = Optimizer::new(cfg);
-        let trainable = vec![true; 13];
-        let mut worst_loss = 0f32;
+        let mut worst_loss = 0f64;
         for step in 0..5 {
             let batch = random_batch(&mut rng, texts, examples, vocab);
             let labels: Vec<usize> = (0..batch.examples).map(|i| (i + step) % 2).collect();
-            let loss = cross_entropy_with_logits_loss(cpu.forward_train(&batch), one_hot(&dev, &labels, 2));
-            let cpu_loss = loss.array();
-            let mut grads = loss.backward();
-            let mut params = cpu.params_mut();
-            let rows = batch.tokens.distinct_ids();
-            opt.step(&mut params, &trainable, &[Some(rows.as_slice())], &mut grads);
-            drop(params);
-            let gpu_loss = gpu.train_step(&batch, &labels, &BatchTargets::Gold, 0.0, true)?;
+            let cpu_loss = cpu.train_step(&batch, &labels, &Targets::Gold, 0.0)?;
+            let gpu_loss = gpu.train_step(&batch, &labels, &Targets::Gold, 0.0)?;
             worst_loss = worst_loss.max((gpu_loss - cpu_loss).abs());
         }
-        let after = max_difference(&gpu.predict_logits(&probe)?, &cpu.predict_logits(&probe));
+        let after = max_difference(&gpu.predict_logits(&probe)?, &cpu.predict_logits(&probe)?);
         ensure!(
-            after <= TRAINED_TOLERANCE && worst_loss <= TRAINED_TOLERANCE,
+            after <= TRAINED_TOLERANCE && worst_loss <= TRAINED_TOLERANCE as f64,
             "{optimizer:?}: after 5 steps logits differ by {after}, losses by {worst_loss} (tolerance {TRAINED_TOLERANCE})"
         );
         report.push(format!(
             "student parity on {} ({optimizer:?}, pair features {pair:?}): logits max |GPU − CPU| {before:.2e} before, {after:.2e} after 5 steps; losses within {worst_loss:.2e}",
-            gpu.gpu().name()
+            gpu.device_name()
         ));
     }
     Ok(report)
@@ -82,50 +75,27 @@ pub fn student_parity() -> Result<Vec<String>> {
 /// all-MiniLM-L6-v2's shape: 6 layers, hidden 384, 12 heads, FFN 1536, vocab 30,522. The lent
 /// GPU machines cannot reach a model hub, and speed and parity do not depend on the values.
 pub fn write_random_minilm(dir: &std::path::Path) -> Result<()> {
-    let (vocab, hidden, layers, ffn, positions) = (30522usize, 384usize, 6usize, 1536usize, 512usize);
+    use crate::models::bert::{BertConfig, BertModel};
     let config = serde_json::json!({
-        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": vocab, "hidden_size": hidden,
-        "num_hidden_layers": layers, "num_attention_heads": 12, "intermediate_size": ffn,
-        "max_position_embeddings": positions, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
+        "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
+        "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
         "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02
     });
+    let mut model = BertModel::zeros(serde_json::from_value::<BertConfig>(config.clone())?, true, &Cpu::default());
     let mut rng = StdRng::seed_from_u64(0);
     let normal = rand_distr::Normal::new(0f32, 0.02).expect("valid std");
-    let mut tensors: Vec<crate::models::layers::NamedTensor> = Vec::new();
-    let mut add = |name: String, dims: Vec<usize>, fill: Option<f32>| {
-        let n: usize = dims.iter().product();
-        let bytes = (0..n)
-            .flat_map(|_| fill.unwrap_or_else(|| rand_distr::Distribution::sample(&normal, &mut rng)).to_le_bytes())
-            .collect();
-        tensors.push((name, safetensors::Dtype::F32, dims, bytes));
-    };
-    let linear = |add: &mut dyn FnMut(String, Vec<usize>, Option<f32>), name: String, inputs: usize, outputs: usize| {
-        add(format!("{name}.weight"), vec![outputs, inputs], None);
-        add(format!("{name}.bias"), vec![outputs], Some(0.0));
-    };
-    let layer_norm = |add: &mut dyn FnMut(String, Vec<usize>, Option<f32>), name: String| {
-        add(format!("{name}.weight"), vec![hidden], Some(1.0));
-        add(format!("{name}.bias"), vec![hidden], Some(0.0));
-    };
-    add("embeddings.word_embeddings.weight".into(), vec![vocab, hidden], None);
-    add("embeddings.position_embeddings.weight".into(), vec![positions, hidden], None);
-    add("embeddings.token_type_embeddings.weight".into(), vec![2, hidden], None);
-    layer_norm(&mut add, "embeddings.LayerNorm".into());
-    for i in 0..layers {
-        let p = format!("encoder.layer.{i}");
-        for part in ["query", "key", "value"] {
-            linear(&mut add, format!("{p}.attention.self.{part}"), hidden, hidden);
-        }
-        linear(&mut add, format!("{p}.attention.output.dense"), hidden, hidden);
-        layer_norm(&mut add, format!("{p}.attention.output.LayerNorm"));
-        linear(&mut add, format!("{p}.intermediate.dense"), hidden, ffn);
-        linear(&mut add, format!("{p}.output.dense"), ffn, hidden);
-        layer_norm(&mut add, format!("{p}.output.LayerNorm"));
+    let mut params = Vec::new();
+    model.params_mut("", &mut params);
+    // Weight matrices random; biases stay 0 and LayerNorm weights 1, as `zeros` made them.
+    for (_, param) in params.iter_mut().filter(|(_, p)| p.dims().len() == 2) {
+        let values: Vec<f32> = (0..param.dims().iter().product()).map(|_| rand_distr::Distribution::sample(&normal, &mut rng)).collect();
+        param.set_values(&values);
     }
-    linear(&mut add, "pooler.dense".into(), hidden, hidden);
+    let bytes = crate::models::layers::safetensors_bytes(&params, std::collections::HashMap::new())?;
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    std::fs::write(dir.join("model.safetensors"), crate::models::layers::serialize_tensors(&tensors, None)?)?;
+    std::fs::write(dir.join("model.safetensors"), bytes)?;
     Ok(())
 }
 
@@ -135,7 +105,8 @@ pub fn teacher_parity(dir: &std::path::Path) -> Result<String> {
     let dev = Cpu::seed_from_u64(0);
     let mut rng = StdRng::seed_from_u64(3);
     let model = BertForSequenceClassification::load(dir, 2, &dev, &mut rng)?;
-    let gpu = super::bert::GpuBert::new(Gpu::new()?, &model)?;
+    let gpu = TeacherBackend::new(&model, DeviceName::Cuda, Precision::F32)?;
+    let name = gpu.device_name();
     let vocab = model.bert.config.vocab_size as u32;
     let rows: Vec<(Vec<u32>, Vec<u32>)> = (0..16)
         .map(|_| {
@@ -146,5 +117,5 @@ pub fn teacher_parity(dir: &std::path::Path) -> Result<String> {
     let input = BertInput::new(&rows, 0);
     let difference = max_difference(&gpu.predict_logits(&input)?, &model.predict_logits(&input));
     ensure!(difference <= FORWARD_TOLERANCE, "teacher logits differ by {difference} (tolerance {FORWARD_TOLERANCE})");
-    Ok(format!("teacher parity on {} ({}): logits max |GPU − CPU| {difference:.2e} over 16 texts of 2–39 tokens", gpu.gpu().name(), dir.display()))
+    Ok(format!("teacher parity on {name} ({}): logits max |GPU − CPU| {difference:.2e} over 16 texts of 2–39 tokens", dir.display()))
 }

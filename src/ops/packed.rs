@@ -15,7 +15,7 @@
 
 use rayon::prelude::*;
 
-use super::layers::gelu_in_place;
+use crate::models::layers::gelu_in_place;
 use super::simd::{cpu_features, dispatch, CpuFeatures};
 
 /// The number format of teacher inference.

@@ -8,7 +8,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::lstm::Matrix;
+use super::Matrix;
 use super::matmul::{matmul, MatRef};
 use super::simd::exp_fast;
 
@@ -72,7 +72,7 @@ pub fn attention<T: Tape<f32, Cpu> + Merge<T>>(
     let (v, tape_v) = v.split_tape();
     let mut tape = tape_q.merge(tape_k).merge(tape_v);
     let dev = q.device().clone();
-    let (qs, ks, vs) = (super::layers::contiguous_values(&q), super::layers::contiguous_values(&k), super::layers::contiguous_values(&v));
+    let (qs, ks, vs) = (crate::models::layers::contiguous_values(&q), crate::models::layers::contiguous_values(&k), crate::models::layers::contiguous_values(&v));
     // Dropout keeps a probability with chance 1 − p and scales it by 1/(1 − p).
     let keep_scale: Option<Vec<f32>> = (dropout > 0.0).then(|| {
         let uniform: Vec<f32> = dev.sample_uniform_like(&(batch * heads * seq * seq,)).as_vec();

@@ -1,0 +1,172 @@
+//! Inference over whole sets, on any backend: the teacher's logits (with the transfer set's
+//! cache) and the dev-set evaluation of teacher and student.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use sha2::{Digest, Sha256};
+
+use crate::backend::{StudentBackend, TeacherBackend};
+use crate::config::DeviceName;
+use crate::encode::{EncodedSet, TeacherSet};
+use crate::files::write_atomic;
+use crate::loss::mean_cross_entropy;
+use crate::metrics::{argmax_rows, Metrics};
+use crate::models::bert::{BertForSequenceClassification, BertInput};
+use crate::ops::packed::Precision;
+use crate::progress::progress_bar;
+use crate::tokenize::BertTokenizer;
+
+/// Dev-set evaluation result.
+pub struct Evaluation {
+    pub metrics: Metrics,
+    pub loss: f64,
+    pub sentences_per_s: f64,
+}
+
+/// Evaluates the student on `set` in length-sorted batches (similar lengths pack densely).
+pub fn evaluate_student(student: &StudentBackend, set: &EncodedSet, empty_id: u32, batch_size: usize) -> Result<Evaluation> {
+    let classes = student.model().shape.num_labels;
+    let mut order: Vec<usize> = (0..set.len()).collect();
+    order.sort_by_key(|&i| set.length(i));
+    let mut logits = vec![0f32; set.len() * classes];
+    let start = Instant::now();
+    for chunk in order.chunks(batch_size) {
+        let out = student.predict_logits(&set.input(chunk, empty_id))?;
+        for (row, &i) in chunk.iter().enumerate() {
+            logits[i * classes..(i + 1) * classes].copy_from_slice(&out[row * classes..(row + 1) * classes]);
+        }
+    }
+    Ok(evaluation(&logits, &set.labels, classes, start))
+}
+
+/// Dev metrics, loss and inference speed of the teacher on `set`.
+pub fn evaluate_teacher(teacher: &TeacherBackend, set: &TeacherSet, pad_id: u32, batch_size: usize) -> Result<Evaluation> {
+    let start = Instant::now();
+    let logits = logits_of_rows(teacher, &set.rows, pad_id, batch_size, "teacher eval")?;
+    Ok(evaluation(&logits, &set.labels, teacher.num_labels(), start))
+}
+
+fn evaluation(logits: &[f32], labels: &[usize], classes: usize, start: Instant) -> Evaluation {
+    let elapsed = start.elapsed().as_secs_f64();
+    Evaluation {
+        metrics: Metrics::compute(&argmax_rows(logits, classes), labels, classes),
+        loss: mean_cross_entropy(logits, labels, classes),
+        sentences_per_s: labels.len() as f64 / elapsed.max(1e-9),
+    }
+}
+
+/// Logits `[rows, num_labels]` (row-major, in input order) of pre-encoded rows, in
+/// length-sorted batches, with a progress bar labelled `what`.
+pub fn logits_of_rows(teacher: &TeacherBackend, rows: &[(Vec<u32>, Vec<u32>)], pad_id: u32, batch_size: usize, what: &str) -> Result<Vec<f32>> {
+    let classes = teacher.num_labels();
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].0.len());
+    let mut logits = vec![0f32; rows.len() * classes];
+    let bar = progress_bar(rows.len() as u64, what);
+    for chunk in order.chunks(batch_size) {
+        let batch: Vec<(Vec<u32>, Vec<u32>)> = chunk.iter().map(|&i| rows[i].clone()).collect();
+        let out = teacher.predict_logits(&BertInput::new(&batch, pad_id))?;
+        for (r, &i) in chunk.iter().enumerate() {
+            logits[i * classes..(i + 1) * classes].copy_from_slice(&out[r * classes..(r + 1) * classes]);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(logits)
+}
+
+/// Teacher logits for texts (or pairs), batched, with a progress bar and ETA.
+pub fn teacher_logits(teacher: &TeacherBackend, tokenizer: &BertTokenizer, texts: &[(&str, Option<&str>)], batch_size: usize) -> Result<Vec<f32>> {
+    let rows = tokenizer.encode_all(texts)?;
+    TEACHER_INFERENCE_ROWS.fetch_add(rows.len(), Ordering::Relaxed);
+    logits_of_rows(teacher, &rows, tokenizer.pad_id, batch_size, "teacher inference")
+}
+
+/// Rows run through [`teacher_logits`] in this process (tests check that a cache hit costs none).
+pub static TEACHER_INFERENCE_ROWS: AtomicUsize = AtomicUsize::new(0);
+
+/// The transfer set's teacher logits, and the speed of the pass that made them.
+pub struct TransferLogits {
+    /// `[rows, num_labels]`, row-major.
+    pub logits: Vec<f32>,
+    /// Rows per second of the teacher pass (as measured when the cache file was written).
+    pub rows_per_s: Option<f64>,
+}
+
+/// Teacher logits for texts (or pairs), computed once per (teacher weights, max length,
+/// precision, texts) and cached in `cache_dir` as safetensors; later calls with the same
+/// inputs read the file. FP32 keys are those of earlier versions (the precision is hashed
+/// only when it is not f32), so existing caches stay valid.
+#[allow(clippy::too_many_arguments)]
+pub fn cached_teacher_logits(
+    teacher_dir: &Path,
+    max_seq_len: usize,
+    texts: &[(String, Option<String>)],
+    batch_size: usize,
+    num_labels: usize,
+    cache_dir: &Path,
+    device: DeviceName,
+    precision: Precision,
+) -> Result<TransferLogits> {
+    let mut hasher = Sha256::new();
+    for file in ["model.safetensors", "config.json"] {
+        let path = teacher_dir.join(file);
+        let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read the teacher (distill.teacher)", path.display()))?;
+        hasher.update(Sha256::digest(&bytes));
+    }
+    hasher.update(max_seq_len.to_le_bytes());
+    if !precision.is_f32() {
+        hasher.update(format!("precision={}", precision.name()).as_bytes());
+    }
+    for (a, b) in texts {
+        hasher.update(a.as_bytes());
+        hasher.update([0u8]);
+        if let Some(b) = b {
+            hasher.update(b.as_bytes());
+        }
+        hasher.update([1u8]);
+    }
+    let key: String = hasher.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let path = cache_dir.join(format!("teacher-logits-{key}.safetensors"));
+    if path.is_file() {
+        let bytes = std::fs::read(&path)?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{}: corrupt cache file; delete it", path.display()))?;
+        let rows_per_s = header.metadata().as_ref().and_then(|m| m.get("rows_per_s")).and_then(|v| v.parse().ok());
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("{}: corrupt cache file; delete it", path.display()))?;
+        let view = tensors.tensor("logits").with_context(|| format!("{}: corrupt cache file; delete it", path.display()))?;
+        if view.shape() == [texts.len(), num_labels] {
+            eprintln!("teacher logits: reusing {} ({} rows, {})", path.display(), texts.len(), precision.name());
+            let logits = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            return Ok(TransferLogits { logits, rows_per_s });
+        }
+    }
+    let dev = dfdx::prelude::Cpu::default();
+    let model = BertForSequenceClassification::load(teacher_dir, num_labels, &dev, &mut StdRng::seed_from_u64(0))?;
+    let tokenizer = BertTokenizer::load(teacher_dir, max_seq_len)?;
+    let teacher = TeacherBackend::new(&model, device, precision)?;
+    let refs: Vec<(&str, Option<&str>)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
+    let t0 = Instant::now();
+    let logits = teacher_logits(&teacher, &tokenizer, &refs, batch_size)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let rows_per_s = texts.len() as f64 / seconds.max(1e-9);
+    eprintln!(
+        "teacher logits: {} rows in {seconds:.0} s ({rows_per_s:.0} rows/s, {}); cached in {}",
+        texts.len(),
+        precision.name(),
+        path.display()
+    );
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![texts.len(), num_labels], &bytes)?;
+    let metadata = std::collections::HashMap::from([
+        ("teacher".to_string(), teacher_dir.display().to_string()),
+        ("precision".to_string(), precision.name().to_string()),
+        ("rows_per_s".to_string(), format!("{rows_per_s:.1}")),
+    ]);
+    write_atomic(&path, &safetensors::serialize([("logits", view)], Some(metadata))?)?;
+    Ok(TransferLogits { logits, rows_per_s: Some(rows_per_s) })
+}
