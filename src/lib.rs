@@ -27,6 +27,7 @@ pub mod plots;
 pub mod predict;
 pub mod progress;
 pub mod report;
+pub mod reproduce;
 pub mod sweep;
 pub mod table;
 pub mod tokenize;

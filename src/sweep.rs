@@ -15,6 +15,7 @@ use crate::config::{expand_path, line_of_key, set_key, ConfigError, Experiment, 
 use crate::plots::{sweep_parameter, SweepPoint};
 use crate::report::{read_results, ResultRow};
 use crate::files::write_atomic;
+use crate::train::stage_key::find_finished;
 use crate::train::{run_experiment, stage_result_path};
 
 /// A grid of experiments declared in one file.
@@ -46,10 +47,14 @@ impl GridPoint {
         expand_path(&self.experiment.out_dir).join(&self.run_id)
     }
 
-    /// How far this point's run got: (finished stages, all stages).
+    /// How far this point's run got: (finished stages, all stages). A stage finished in
+    /// another run with the same key (see `train::stage_key`) counts: it will be reused.
     pub fn progress(&self) -> (usize, usize) {
         let stages = &self.experiment.stages;
-        let done = stages.iter().filter(|&&s| stage_result_path(&self.run_dir(), s).is_file()).count();
+        let done = stages
+            .iter()
+            .filter(|&&s| stage_result_path(&self.run_dir(), s).is_file() || find_finished(&self.experiment, s).is_some())
+            .count();
         (done, stages.len())
     }
 }

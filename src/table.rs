@@ -1,16 +1,18 @@
 //! `distill table`: the paper-style results table (rows Teacher / Bi-LSTM / Distilled
-//! Bi-LSTM, a column per task) from `results.csv` files, as CSV and Markdown, with a
-//! footnote per cell saying what differs from the seed (teacher model, vectors, vocab,
-//! n_iter). Which run fills which cell is declared in a table file (`experiments/paper.toml`).
+//! Bi-LSTM, a column per task), as CSV and Markdown, with a footnote per cell saying what
+//! differs from the seed (teacher model, vectors, vocab, n_iter). A table file
+//! (`experiments/paper.toml`) names each column's experiment file and optional `--set`
+//! overrides; each cell's stage key is computed from them (`train::stage_key`) and its result
+//! is read from wherever that stage finished under the experiment's `out_dir`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::config::{expand_path, DistillConfig, DistillLoss, Experiment};
-use crate::report::{read_results, ResultRow};
+use crate::config::{DistillConfig, DistillLoss, Experiment, Stage};
 use crate::files::write_atomic;
+use crate::train::stage_key::{find_finished, stage_key};
 
 /// A table file: its columns, in order.
 #[derive(Debug, Deserialize)]
@@ -29,13 +31,19 @@ pub struct ColumnSpec {
     pub pair: bool,
     /// The experiment file the cells' runs come from.
     pub file: String,
+    /// `--set` overrides of `file` for every cell of the column.
+    #[serde(default)]
+    pub set: Vec<String>,
     /// A line printed under the table for this column.
     #[serde(default)]
     pub note: Option<String>,
     #[serde(default)]
     pub seed: SeedSetup,
+    #[serde(default)]
     pub teacher: CellSpec,
+    #[serde(default)]
     pub student: CellSpec,
+    #[serde(default)]
     pub distilled: CellSpec,
 }
 
@@ -58,14 +66,13 @@ pub struct SeedSetup {
     pub distilled_result: Option<String>,
 }
 
-/// Which run fills a cell: `--set` overrides of the column's file (the run id is the hash of
-/// the resolved config, so this names exactly one run), or a run id written out.
+/// What fills a cell: the column's file with these `--set` overrides (after the column's
+/// own); the cell's stage key is computed from the result.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CellSpec {
     #[serde(default)]
     pub set: Vec<String>,
-    pub run: Option<String>,
     /// Why this cell cannot be measured yet (shown as its footnote); no run is looked up.
     pub pending: Option<String>,
 }
@@ -78,9 +85,9 @@ pub enum RowKind {
 }
 
 impl RowKind {
-    const ALL: [RowKind; 3] = [RowKind::Teacher, RowKind::Student, RowKind::Distilled];
+    pub const ALL: [RowKind; 3] = [RowKind::Teacher, RowKind::Student, RowKind::Distilled];
 
-    fn title(self) -> &'static str {
+    pub fn title(self) -> &'static str {
         match self {
             RowKind::Teacher => "Teacher",
             RowKind::Student => "Bi-LSTM",
@@ -88,12 +95,40 @@ impl RowKind {
         }
     }
 
-    fn stage(self) -> &'static str {
+    pub fn stage(self) -> Stage {
         match self {
-            RowKind::Teacher => "teacher",
-            RowKind::Student => "student",
-            RowKind::Distilled => "distill",
+            RowKind::Teacher => Stage::Teacher,
+            RowKind::Student => Stage::Student,
+            RowKind::Distilled => Stage::Distill,
         }
+    }
+}
+
+impl ColumnSpec {
+    pub fn cell(&self, kind: RowKind) -> &CellSpec {
+        match kind {
+            RowKind::Teacher => &self.teacher,
+            RowKind::Student => &self.student,
+            RowKind::Distilled => &self.distilled,
+        }
+    }
+
+    /// The column's file with the column's and the cell's overrides.
+    pub fn experiment(&self, kind: RowKind) -> Result<Experiment> {
+        let sets: Vec<String> = self.set.iter().chain(&self.cell(kind).set).cloned().collect();
+        Experiment::load(Path::new(&self.file), &sets).with_context(|| format!("column {:?}, row {}", self.title, kind.title()))
+    }
+
+    /// The stages a run must list to fill the cell (the distill stage needs its teacher stage
+    /// unless `distill.teacher` names one), and the command that runs them.
+    pub fn command(&self, kind: RowKind, exp: &Experiment) -> (Vec<Stage>, String) {
+        let stages = match kind {
+            RowKind::Distilled if exp.distill.as_ref().is_none_or(|d| d.teacher.is_none()) => vec![Stage::Teacher, Stage::Distill],
+            _ => vec![kind.stage()],
+        };
+        let list: Vec<String> = stages.iter().map(|s| format!("\"{}\"", s.name())).collect();
+        let sets: String = self.set.iter().chain(&self.cell(kind).set).map(|s| format!(" --set '{s}'")).collect();
+        (stages, format!("distill run {}{sets} --set 'stages=[{}]'", self.file, list.join(",")))
     }
 }
 
@@ -106,7 +141,10 @@ pub struct Cell {
     pub value: String,
     pub dev_accuracy: Option<f64>,
     pub dev_f1: Option<f64>,
+    /// The run that trained the cell's stage (empty while missing).
     pub run_id: String,
+    /// The cell's stage key (`train::stage_key`).
+    pub stage_key: String,
     pub footnote: String,
 }
 
@@ -126,31 +164,19 @@ impl TableSpec {
     }
 }
 
-/// Builds every cell from the rows of `results` (the latest row per run and stage wins).
-pub fn build(spec: &TableSpec, results: &[PathBuf]) -> Result<Vec<Cell>> {
-    let mut rows: Vec<ResultRow> = Vec::new();
-    for file in results {
-        if file.is_file() {
-            rows.extend(read_results(file)?);
-        } else {
-            eprintln!("{}: no such results file; skipped", file.display());
-        }
-    }
+/// Builds every cell from the stages finished under each column's `out_dir`.
+pub fn build(spec: &TableSpec) -> Result<Vec<Cell>> {
     let mut cells = Vec::new();
     for column in &spec.column {
         for kind in RowKind::ALL {
-            cells.push(build_cell(column, kind, &rows)?);
+            cells.push(build_cell(column, kind)?);
         }
     }
     Ok(cells)
 }
 
-fn build_cell(column: &ColumnSpec, kind: RowKind, rows: &[ResultRow]) -> Result<Cell> {
-    let spec = match kind {
-        RowKind::Teacher => &column.teacher,
-        RowKind::Student => &column.student,
-        RowKind::Distilled => &column.distilled,
-    };
+fn build_cell(column: &ColumnSpec, kind: RowKind) -> Result<Cell> {
+    let spec = column.cell(kind);
     if let Some(reason) = &spec.pending {
         return Ok(Cell {
             row: kind.title(),
@@ -159,22 +185,14 @@ fn build_cell(column: &ColumnSpec, kind: RowKind, rows: &[ResultRow]) -> Result<
             dev_accuracy: None,
             dev_f1: None,
             run_id: String::new(),
+            stage_key: String::new(),
             footnote: format!("pending: {reason}"),
         });
     }
-    let file = Path::new(&column.file);
-    let declared = Experiment::load(file, &spec.set).with_context(|| format!("column {:?}, row {}", column.title, kind.title()))?;
-    let run_id = spec.run.clone().unwrap_or_else(|| format!("{}-{}", declared.name, declared.config_hash()));
-    // The config the run really used (saved in its dir) describes the cell; the declared
-    // one stands in while the run is missing.
-    let run_dir = expand_path(&declared.out_dir).join(&run_id);
-    let used = Experiment::load(&run_dir.join("config.toml"), &[]).unwrap_or(declared);
-
-    let found = rows
-        .iter()
-        .filter(|r| r.stage == kind.stage() && Path::new(&r.run_dir).file_name().is_some_and(|n| n.to_string_lossy() == run_id))
-        .max_by_key(|r| r.finished_at_unix);
-    let mut notes = differences(&used, kind, &column.seed);
+    let exp = column.experiment(kind)?;
+    let key = stage_key(&exp, kind.stage());
+    let found = find_finished(&exp, kind.stage());
+    let mut notes = differences(&exp, kind, &column.seed);
     let seed_result = match kind {
         RowKind::Teacher => &column.seed.teacher_result,
         RowKind::Student => &column.seed.student_result,
@@ -183,18 +201,15 @@ fn build_cell(column: &ColumnSpec, kind: RowKind, rows: &[ResultRow]) -> Result<
     if let Some(r) = seed_result {
         notes.push(format!("seed's result {r}"));
     }
-    let (value, accuracy, f1) = match found {
-        Some(r) if column.pair => (format!("{:.4}/{:.4}", r.dev_accuracy, r.dev_f1), Some(r.dev_accuracy), Some(r.dev_f1)),
-        Some(r) => (format!("{:.4}", r.dev_accuracy), Some(r.dev_accuracy), Some(r.dev_f1)),
+    let (value, accuracy, f1, run_id) = match found.map(|f| f.row) {
+        Some(r) => {
+            let run = Path::new(&r.run_dir).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let value = if column.pair { format!("{:.4}/{:.4}", r.dev_accuracy, r.dev_f1) } else { format!("{:.4}", r.dev_accuracy) };
+            (value, Some(r.dev_accuracy), Some(r.dev_f1), run)
+        }
         None => {
-            let command = if spec.run.is_some() {
-                format!("run {run_id} is not in the results files")
-            } else {
-                let sets: String = spec.set.iter().map(|s| format!(" --set '{s}'")).collect();
-                format!("not run yet: distill run {}{sets}", column.file)
-            };
-            notes.insert(0, command);
-            ("—".to_string(), None, None)
+            notes.insert(0, format!("not run yet: {}", column.command(kind, &exp).1));
+            ("—".to_string(), None, None, String::new())
         }
     };
     Ok(Cell {
@@ -204,6 +219,7 @@ fn build_cell(column: &ColumnSpec, kind: RowKind, rows: &[ResultRow]) -> Result<
         dev_accuracy: accuracy,
         dev_f1: f1,
         run_id,
+        stage_key: key,
         footnote: notes.join("; "),
     })
 }

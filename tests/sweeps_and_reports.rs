@@ -262,21 +262,22 @@ epochs = 1
 title = "SST-2"
 file = "{file}"
 seed = {{ teacher = "bert-base-uncased", vectors = "word2vec GoogleNews (300d)", n_iter = 20, student_result = "0.854" }}
-teacher = {{ run = "tbl-000000000000" }}
-student = {{}}
+student = {{ set = ["stages=[\"student\"]", "name=\"another-name\""] }}
 distilled = {{ set = ["student.epochs=2"] }}
 "#,
             file = exp_file.display()
         ),
     )
     .unwrap();
-    let out = distill(&["table", spec.to_str().unwrap(), "--results", results.to_str().unwrap(), "--out", tmp.path().to_str().unwrap()]);
+    // No run ids in the table file: each cell's stage key is computed from the file (the
+    // student cell's name and stages list are not inputs of the stage, so its run is found).
+    let out = distill(&["table", spec.to_str().unwrap(), "--out", tmp.path().to_str().unwrap()]);
     let md = String::from_utf8(out.stdout).unwrap();
     assert_eq!(md, std::fs::read_to_string(tmp.path().join("table.md")).unwrap());
     let value = format!("{:.4}", measured[0].dev_accuracy);
     assert!(md.contains(&format!("| Bi-LSTM | {value} [2] |")), "{md}");
     assert!(md.contains("| Teacher | — [1] |") && md.contains("| Distilled Bi-LSTM | — [3] |"), "{md}");
-    assert!(md.contains("[1] SST-2 / Teacher: run tbl-000000000000 is not in the results files"), "{md}");
+    assert!(md.contains("[1] SST-2 / Teacher: not run yet: distill run"), "{md}");
     assert!(md.contains("[2] SST-2 / Bi-LSTM: vectors random init (seed: word2vec GoogleNews (300d))"), "{md}");
     assert!(md.contains("seed's result 0.854"), "{md}");
     assert!(md.contains("[3] SST-2 / Distilled Bi-LSTM: not run yet: distill run"), "{md}");

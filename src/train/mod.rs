@@ -3,6 +3,7 @@
 
 pub mod batches;
 pub mod distill;
+pub mod stage_key;
 pub mod student;
 pub mod teacher;
 pub mod training_loop;
@@ -16,6 +17,7 @@ use crate::data::{load_split, Dataset, LoadOptions, Task};
 use crate::files::write_atomic;
 use crate::metrics::Metrics;
 use crate::report::{append_result, git_commit, unix_now, ResultRow};
+use stage_key::{find_finished, stage_key, FinishedStage};
 
 /// A run's folder and identity.
 pub struct RunContext {
@@ -38,6 +40,46 @@ impl RunContext {
 }
 
 impl RunContext {
+    /// Takes `stage` from where it already finished: the row (relabelled with this run) is
+    /// returned and kept as this run's marker; a student stage's folder is linked here so
+    /// that `distill predict RUN_DIR` works. Nothing is appended to `results.csv`.
+    fn reuse(&self, stage: Stage, found: FinishedStage) -> Result<ResultRow> {
+        let row = ResultRow {
+            experiment: self.experiment.name.clone(),
+            config_hash: self.config_hash.clone(),
+            run_dir: self.run_dir.display().to_string(),
+            ..found.row
+        };
+        eprintln!(
+            "{} {stage:?}: reusing {} (dev accuracy {:.4}, F1 {:.4}; the same inputs, key {}); nothing to train",
+            row.experiment,
+            found.dir.display(),
+            row.dev_accuracy,
+            row.dev_f1,
+            stage_key(&self.experiment, stage)
+        );
+        let here = self.run_dir.join(stage.name());
+        if stage == Stage::Teacher {
+            // The teacher's weights stay in its own dir; this run keeps the marker only.
+            write_atomic(&stage_result_path(&self.run_dir, stage), serde_json::to_string_pretty(&row)?.as_bytes())?;
+            return Ok(row);
+        }
+        // An interrupted attempt of the stage here is replaced by the link.
+        if here.is_symlink() || here.is_file() {
+            std::fs::remove_file(&here)?;
+        } else if here.is_dir() {
+            std::fs::remove_dir_all(&here).with_context(|| format!("{}: cannot remove the unfinished stage", here.display()))?;
+        }
+        let same_parent = found.dir.parent().and_then(Path::parent) == self.run_dir.parent();
+        let target = match (same_parent, found.dir.parent().and_then(Path::file_name)) {
+            (true, Some(run)) => Path::new("..").join(run).join(stage.name()),
+            _ => std::fs::canonicalize(&found.dir)?,
+        };
+        std::os::unix::fs::symlink(&target, &here)
+            .with_context(|| format!("{}: cannot link to {}", here.display(), target.display()))?;
+        Ok(row)
+    }
+
     /// The `results.csv` row of a finished stage of this run.
     #[allow(clippy::too_many_arguments)]
     pub fn result_row(
@@ -75,7 +117,10 @@ impl RunContext {
 ///
 /// A stage that already finished in this run dir (same resolved config, so same run id) is
 /// not run again: its row is read back from `RUN_DIR/STAGE/result.json`. So a rerun after
-/// an interruption picks up at the first unfinished stage. `force` reruns everything.
+/// an interruption picks up at the first unfinished stage. A stage whose inputs (its key,
+/// see [`stage_key`]) match a stage finished in another run under `out_dir` is reused from
+/// there: linked into this run dir, no training, no new `results.csv` row. `force` reruns
+/// everything.
 pub fn run_experiment(experiment: Experiment) -> Result<Vec<ResultRow>> {
     run_experiment_with(experiment, false)
 }
@@ -98,6 +143,10 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
                     marker.display()
                 );
                 rows.push(row);
+                continue;
+            }
+            if let Some(found) = find_finished(&ctx.experiment, stage) {
+                rows.push(ctx.reuse(stage, found)?);
                 continue;
             }
         }

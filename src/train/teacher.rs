@@ -55,20 +55,8 @@ pub fn load_teacher(cfg: &TeacherConfig, task: &Task, dev: &Cpu, rng: &mut StdRn
 pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
     let exp = &ctx.experiment;
     let cfg = exp.teacher.as_ref().context("the teacher stage needs a [teacher] table")?;
+    // A finished teacher with the same key is reused by the stage runner before this is called.
     let teacher_dir = teacher_dir(exp);
-    if let Some(row) = finished_teacher(&teacher_dir)? {
-        eprintln!(
-            "teacher: reusing {} (dev accuracy {:.4}; same task, data, seed and [teacher] settings)",
-            teacher_dir.display(),
-            row.dev_accuracy
-        );
-        return Ok(ResultRow {
-            experiment: exp.name.clone(),
-            config_hash: ctx.config_hash.clone(),
-            run_dir: ctx.run_dir.display().to_string(),
-            ..row
-        });
-    }
     let task = Task::new(exp.task, exp.data.columns.as_ref());
     let (train, dev) = load_splits(exp, &task)?;
     eprintln!("data: {} train, {} dev examples ({:?})", train.examples.len(), dev.examples.len(), task.name);

@@ -1,0 +1,131 @@
+//! Each stage is known by the inputs it reads, not by the whole experiment: the teacher by
+//! task, data, seed and `[teacher]`; the student alone by task, data, seed, device, vocab,
+//! embeddings and `[student]`; the distill stage by its teacher, the transfer set
+//! (`[augment]` and the seed), `[distill]`, the student's architecture, and the same data,
+//! vocab and embeddings. A stage whose key already finished anywhere under `out_dir` is
+//! reused, whatever `stages` list or other settings the run has; `distill table` and
+//! `distill reproduce` find each cell's run the same way.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::teacher::{finished_teacher, teacher_dir};
+use crate::config::{expand_path, DataConfig, DeviceName, EmbeddingsConfig, Experiment, PairFeatures, Stage, TaskName, VocabConfig};
+use crate::report::ResultRow;
+
+/// The key of `stage` of `exp`: `STAGE-HASH` (the teacher's is its dir name, `TASK-HASH`).
+pub fn stage_key(exp: &Experiment, stage: Stage) -> String {
+    #[derive(Serialize)]
+    struct Common<'a> {
+        task: TaskName,
+        seed: u64,
+        device: DeviceName,
+        data: &'a DataConfig,
+        vocab: &'a VocabConfig,
+        embeddings: &'a EmbeddingsConfig,
+    }
+    let common = Common { task: exp.task, seed: exp.seed, device: exp.device, data: &exp.data, vocab: &exp.vocab, embeddings: &exp.embeddings };
+    match stage {
+        Stage::Teacher => teacher_dir(exp).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+        Stage::Student => {
+            #[derive(Serialize)]
+            struct StudentInputs<'a> {
+                common: Common<'a>,
+                student: &'a Option<crate::config::StudentConfig>,
+            }
+            format!("student-{}", hash(&StudentInputs { common, student: &exp.student }))
+        }
+        Stage::Distill => {
+            /// What the distill stage reads of `[student]`: the architecture, not its training knobs.
+            #[derive(Serialize)]
+            struct Architecture {
+                embedding_dim: usize,
+                hidden_size: usize,
+                fc_size: usize,
+                pair_features: PairFeatures,
+                max_seq_len: usize,
+                train_embeddings: bool,
+            }
+            #[derive(Serialize)]
+            struct DistillInputs<'a> {
+                common: Common<'a>,
+                /// The fine-tuned teacher: `trained:KEY` of the teacher stage, or `dir:PATH`.
+                teacher: String,
+                teacher_max_seq_len: usize,
+                student: Option<Architecture>,
+                augment: &'a crate::config::AugmentConfig,
+                distill: &'a Option<crate::config::DistillConfig>,
+            }
+            let teacher = match exp.distill.as_ref().and_then(|d| d.teacher.as_ref()) {
+                Some(dir) => format!("dir:{dir}"),
+                None => format!("trained:{}", stage_key(exp, Stage::Teacher)),
+            };
+            let student = exp.student.as_ref().map(|s| Architecture {
+                embedding_dim: s.embedding_dim,
+                hidden_size: s.hidden_size,
+                fc_size: s.fc_size(),
+                pair_features: s.pair_features,
+                max_seq_len: s.max_seq_len,
+                train_embeddings: s.train_embeddings,
+            });
+            let inputs = DistillInputs {
+                common,
+                teacher,
+                teacher_max_seq_len: exp.teacher.as_ref().map_or(128, |t| t.max_seq_len),
+                student,
+                augment: &exp.augment,
+                distill: &exp.distill,
+            };
+            format!("distill-{}", hash(&inputs))
+        }
+    }
+}
+
+fn hash(value: &impl Serialize) -> String {
+    let text = toml::to_string(value).expect("serialisable");
+    Sha256::digest(text.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A stage that finished somewhere under `out_dir`, found by its key.
+#[derive(Debug, Clone)]
+pub struct FinishedStage {
+    /// Its result row, as written when it finished.
+    pub row: ResultRow,
+    /// The stage's folder (a run's `STAGE/`, or the teacher dir).
+    pub dir: PathBuf,
+}
+
+/// Where `stage` of `exp` already finished, if anywhere under its `out_dir`: the teacher in
+/// its dir; the student stages in any run dir whose saved `config.toml` gives the same key
+/// (so runs made before keys existed are found too).
+pub fn find_finished(exp: &Experiment, stage: Stage) -> Option<FinishedStage> {
+    if stage == Stage::Teacher {
+        let dir = teacher_dir(exp);
+        return finished_teacher(&dir).ok().flatten().map(|row| FinishedStage { row, dir });
+    }
+    let key = stage_key(exp, stage);
+    finished_runs(&expand_path(&exp.out_dir), stage).into_iter().find(|(k, _)| *k == key).map(|(_, found)| found)
+}
+
+/// Every finished `stage` under `out_dir` with its key, newest first. Run dirs whose config
+/// no longer parses (written by a much older version) are passed over.
+pub fn finished_runs(out_dir: &Path, stage: Stage) -> Vec<(String, FinishedStage)> {
+    let Ok(entries) = std::fs::read_dir(out_dir) else { return Vec::new() };
+    let mut found: Vec<(String, FinishedStage)> = Vec::new();
+    for entry in entries.flatten() {
+        let run_dir = entry.path();
+        let dir = run_dir.join(stage.name());
+        let (config, result) = (run_dir.join("config.toml"), dir.join("result.json"));
+        // A reused stage is a link to the run that trained it: count that run only.
+        if !result.is_file() || !config.is_file() || dir.is_symlink() {
+            continue;
+        }
+        let Ok(exp) = Experiment::load(&config, &[]) else { continue };
+        let Some(row) = std::fs::read(&result).ok().and_then(|b| serde_json::from_slice::<ResultRow>(&b).ok()) else { continue };
+        found.push((stage_key(&exp, stage), FinishedStage { row, dir }));
+    }
+    found.sort_by_key(|(_, f)| std::cmp::Reverse(f.row.finished_at_unix));
+    found
+}
