@@ -22,6 +22,9 @@ pub enum Command {
     Validate {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Override a value first, as `distill run --set` does.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Run an experiment's stages; with no file, the embedded quickstart. Stages this run
     /// (same resolved config) already finished are skipped.
@@ -111,10 +114,10 @@ pub enum Command {
 impl Cli {
     pub fn run(self) -> Result<()> {
         match self.command {
-            Command::Validate { files } => {
+            Command::Validate { files, overrides } => {
                 let mut failed = 0;
                 for file in &files {
-                    if let Err(e) = validate(file) {
+                    if let Err(e) = validate(file, &overrides) {
                         println!("{e:#}");
                         failed += 1;
                     }
@@ -159,7 +162,9 @@ impl Cli {
                     print!("{}", std::fs::read_to_string(dir.join("summary.md"))?);
                     anyhow::ensure!(!lines.is_empty(), "{}: no finished points yet", dir.display());
                 } else if dir.join("metrics.csv").is_file() {
-                    for path in crate::plots::learning_curves(&dir)? {
+                    let written = crate::plots::learning_curves(&dir)?;
+                    anyhow::ensure!(!written.is_empty(), "{}: no evaluations in it yet, so no curves to draw", dir.join("metrics.csv").display());
+                    for path in written {
                         println!("{}", path.display());
                     }
                 } else {
@@ -222,22 +227,23 @@ impl Cli {
 
 /// Checks one file, whichever kind it is: an experiment, a sweep (`[sweep]`) or a results
 /// table (`[[column]]`).
-pub fn validate(file: &std::path::Path) -> Result<()> {
+pub fn validate(file: &std::path::Path, overrides: &[String]) -> Result<()> {
     let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?;
     let top: Option<toml::Table> = toml::from_str(&text).ok();
     if top.as_ref().is_some_and(|t| t.contains_key("column")) {
         let spec = TableSpec::parse(&text, &file.display().to_string())?;
         for column in &spec.column {
-            for cell in [&column.teacher, &column.student, &column.distilled] {
-                Experiment::load(std::path::Path::new(&column.file), &cell.set)?;
+            for kind in crate::table::RowKind::ALL {
+                column.experiment(kind)?;
             }
         }
         println!("{}: ok (results table, {} columns)", file.display(), spec.column.len());
     } else if top.as_ref().is_some_and(|t| t.contains_key("sweep")) {
-        let sweep = Sweep::load(file, &[])?;
+        let sweep = Sweep::load(file, overrides)?;
         println!("{}: ok (sweep {}, {} points)", file.display(), sweep.name, sweep.points.len());
     } else {
-        let exp = Experiment::load(file, &[])?;
+        let exp = Experiment::load(file, overrides)?;
+        exp.check_inputs().map_err(|(key, message)| anyhow::anyhow!("{}: key `{key}`: {message}", file.display()))?;
         println!("{}: ok ({}, stages {:?})", file.display(), exp.name, exp.stages);
         if exp.teacher.is_some() {
             let dir = crate::train::teacher::teacher_dir(&exp);

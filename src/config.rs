@@ -599,7 +599,22 @@ impl Experiment {
             apply_override(&mut table, item)
                 .map_err(|m| err(None, None, format!("--set {item}: {m}")))?;
         }
-        Self::from_table(table, text, file)
+        // An error in an overridden value is the override's, not the file's line.
+        Self::from_table(table, text, file).map_err(|mut e| {
+            let key = e.key.clone().unwrap_or_default();
+            let key = key.split('[').next().unwrap_or_default();
+            let from_override = overrides.iter().rev().find(|item| {
+                item.split_once('=').is_some_and(|(path, _)| {
+                    let path = path.trim();
+                    key == path || key.starts_with(&format!("{path}.")) || path.starts_with(&format!("{key}."))
+                })
+            });
+            if let Some(item) = from_override {
+                e.line = None;
+                e.message = format!("(from --set {item}) {}", e.message);
+            }
+            e
+        })
     }
 
     /// Types and checks a parsed experiment table; `text` (the file as written) and `file`
@@ -637,6 +652,11 @@ impl Experiment {
         }
         if self.stages.is_empty() {
             return Err(("stages".into(), "list at least one stage: \"teacher\" or \"student\"".into()));
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            if self.stages[..i].contains(stage) {
+                return Err(("stages".into(), format!("{:?} is listed twice; list each stage once", stage.name())));
+            }
         }
         for stage in &self.stages {
             match stage {
@@ -682,6 +702,15 @@ impl Experiment {
             (TaskName::Custom, Some(c)) if c.labels.len() < 2 => {
                 return Err(("data.columns.labels".into(), "list at least two label values".into()))
             }
+            (TaskName::Custom, Some(c)) if c.labels.iter().enumerate().any(|(i, l)| c.labels[..i].contains(l)) => {
+                return Err(("data.columns.labels".into(), format!("{:?}: each label value once (a class per value)", c.labels)))
+            }
+            (TaskName::Custom, Some(c)) if c.text_a == c.label || c.text_b.as_ref() == Some(&c.label) => {
+                return Err((
+                    "data.columns.label".into(),
+                    format!("{:?} is also a text column: the model would read its answers; name the label column", c.label),
+                ))
+            }
             (TaskName::Custom, Some(_)) => {}
             (_, Some(_)) => {
                 return Err((
@@ -716,6 +745,74 @@ impl Experiment {
         }
         if let Some(s) = &self.student {
             s.check()?;
+        }
+        Ok(())
+    }
+
+    /// Checks, before anything trains, what the listed stages will read from disk: every
+    /// path's `${VAR}` is set, the teacher and vectors and lexicon exist, and the teacher's
+    /// `max_seq_len` fits its position table. Returns (key, what is wrong and what to do).
+    pub fn check_inputs(&self) -> Result<(), CheckError> {
+        let needs = |s: Stage| self.stages.contains(&s);
+        let students = needs(Stage::Student) || needs(Stage::Distill);
+        let distill_teacher = self.distill.as_ref().and_then(|d| d.teacher.as_deref());
+        let paths = [
+            ("out_dir", Some(self.out_dir.as_str())),
+            ("data.dir", Some(self.data.dir.as_str())),
+            ("vocab.tokenizer", self.vocab.tokenizer.as_deref()),
+            ("embeddings.path", self.embeddings.path.as_deref()),
+            ("teacher.model", self.teacher.as_ref().map(|t| t.model.as_str())),
+            ("augment.pos_lexicon", self.augment.pos_lexicon.as_deref()),
+            ("distill.teacher", distill_teacher),
+        ];
+        for (key, value) in paths {
+            if let Some(var) = value.and_then(unset_variable) {
+                return Err((key.into(), format!("{:?} uses ${{{var}}}, which is not set; export {var} or write the path out", value.unwrap_or_default())));
+            }
+        }
+        let exists = |key: &str, raw: Option<&str>, what: &str| -> Result<(), CheckError> {
+            let hint = if key == "teacher.model" {
+                "run scripts/setup for the default all-MiniLM-L6-v2 (the Chinese e5 teacher then needs `distill import-e5` and `distill trim-vocab`, see the README), or point teacher.model at an HF BERT dir"
+            } else {
+                "run scripts/setup for the defaults, or fix the path"
+            };
+            match raw.map(expand_path) {
+                Some(path) if !path.exists() => Err((key.into(), format!("{}: no such {what}; {hint}", path.display()))),
+                _ => Ok(()),
+            }
+        };
+        let positions = |key: &str, dir: &str| -> Result<(), CheckError> {
+            let config = expand_path(dir).join("config.json");
+            let max_len = self.teacher.as_ref().map_or(128, |t| t.max_seq_len);
+            let positions = std::fs::read_to_string(&config)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v.get("max_position_embeddings")?.as_u64());
+            match positions {
+                None => Err((key.into(), format!("{}: missing or not an HF BERT config; point {key} at an HF model dir", config.display()))),
+                Some(p) if (max_len as u64) > p => {
+                    Err(("teacher.max_seq_len".into(), format!("{max_len} exceeds the teacher's max_position_embeddings ({p}); lower it")))
+                }
+                Some(_) => Ok(()),
+            }
+        };
+        if needs(Stage::Teacher) {
+            let model = self.teacher.as_ref().map(|t| t.model.as_str());
+            exists("teacher.model", model, "model dir")?;
+            positions("teacher.model", model.unwrap_or_default())?;
+        }
+        if students {
+            if self.vocab.kind == VocabKind::Wordpiece {
+                exists("vocab.tokenizer", self.vocab.tokenizer.as_deref(), "tokenizer")?;
+            }
+            exists("embeddings.path", self.embeddings.path.as_deref(), "vectors file")?;
+        }
+        if needs(Stage::Distill) {
+            exists("augment.pos_lexicon", self.augment.pos_lexicon.as_deref(), "POS lexicon")?;
+            if let Some(dir) = distill_teacher {
+                exists("distill.teacher", Some(dir), "teacher dir")?;
+                positions("distill.teacher", dir)?;
+            }
         }
         Ok(())
     }
@@ -772,6 +869,8 @@ fn line_of_offset(text: &str, offset: usize) -> usize {
 
 /// Finds the line where a dotted key is written (`student.lr` → the `lr = …` line under `[student]`).
 pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    // `stages[1]`: the line of `stages`.
+    let key = key.split('[').next().unwrap_or(key);
     let parts: Vec<&str> = key.split('.').collect();
     let (leaf, tables) = parts.split_last()?;
     let wanted_table = tables.join(".");
@@ -800,6 +899,21 @@ pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
 }
 
 /// Expands `${VAR}` (and `${DISTILL_HOME}`, which defaults to `~/.cache/distill`) and a leading `~`.
+/// The first `${VAR}` in `raw` that is not set (`DISTILL_HOME` has a default).
+fn unset_variable(raw: &str) -> Option<String> {
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let end = after.find('}')?;
+        let var = &after[..end];
+        if var != "DISTILL_HOME" && std::env::var_os(var).is_none() {
+            return Some(var.to_string());
+        }
+        rest = &after[end + 1..];
+    }
+    None
+}
+
 pub fn expand_path(raw: &str) -> PathBuf {
     let mut out = String::new();
     let mut rest = raw;

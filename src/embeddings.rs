@@ -155,6 +155,10 @@ fn read_text_vectors(
             let v: f32 = p
                 .parse()
                 .with_context(|| format!("{}:{line_no}: {p:?} is not a number", path.display()))?;
+            if !v.is_finite() {
+                // NaN, inf, or beyond f32's range (1e39): it would poison the student silently.
+                bail!("{}:{line_no}: {p:?} (word {word:?}) is not a finite f32; fix or drop that row", path.display());
+            }
             values.push(v);
         }
         keep(word, &values);
@@ -203,6 +207,9 @@ fn read_word2vec_binary(
             *v = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
         }
         let word = String::from_utf8_lossy(&word);
+        if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
+            bail!("{}: vector {} of {count} (word {word:?}) holds {bad}, not a finite number; fix or drop it", path.display(), i + 1);
+        }
         keep(&word, &values);
     }
     Ok(dim)

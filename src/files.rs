@@ -6,6 +6,72 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// An exclusive lock on a file (created if missing), held until dropped. Processes that
+/// write the same thing (two runs of one experiment, sweep shards) take turns through it.
+pub struct FileLock {
+    _file: std::fs::File,
+}
+
+/// Waits for the lock on `path`; `what` says in the waiting line what is locked.
+pub fn lock(path: &Path, what: &str) -> Result<FileLock> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open the lock file", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!("waiting for {what} ({} is held by another distill process)", path.display());
+            file.lock().with_context(|| format!("{}: cannot lock", path.display()))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("{}: cannot lock", path.display())),
+    }
+    Ok(FileLock { _file: file })
+}
+
+/// Removes `.NAME.tmp-PID` files (and folders) in `dir` left by processes that no longer run.
+pub fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.strip_prefix('.').and_then(|n| n.rsplit_once(".tmp-")).map(|(_, pid)| pid.trim_end_matches(".old")) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        if removed.is_ok() {
+            eprintln!("removed {} (left by a process that ended)", path.display());
+        }
+    }
+}
+
+/// Whether `path` is a whole safetensors file: its header parses and the file is as long as
+/// the header's last tensor says (a truncated copy is not).
+pub fn safetensors_complete(path: &Path) -> bool {
+    use std::io::Read;
+    let check = || -> Option<bool> {
+        let mut file = std::fs::File::open(path).ok()?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).ok()?;
+        let header_len = u64::from_le_bytes(len);
+        let mut header = vec![0u8; usize::try_from(header_len).ok().filter(|&n| n < 100 << 20)?];
+        file.read_exact(&mut header).ok()?;
+        let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
+        let end = header.values().filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64()).max().unwrap_or(0);
+        Some(file.metadata().ok()?.len() == 8 + header_len + end)
+    };
+    check().unwrap_or(false)
+}
+
 /// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));

@@ -87,6 +87,21 @@ pub fn teacher_logits(teacher: &TeacherBackend, tokenizer: &BertTokenizer, texts
     logits_of_rows(teacher, &rows, tokenizer.pad_id, batch_size, "teacher inference")
 }
 
+/// Non-finite teacher logits mean a broken teacher, not a training problem: say so, with
+/// the first such row.
+fn check_finite(logits: &[f32], classes: usize, texts: &[(String, Option<String>)], teacher_dir: &Path) -> Result<()> {
+    if let Some(row) = logits.chunks_exact(classes).position(|r| r.iter().any(|v| !v.is_finite())) {
+        anyhow::bail!(
+            "{}: the teacher gives non-finite logits ({:?}) for transfer row {} ({:?}); its weights hold NaN or infinity — retrain it or point distill.teacher elsewhere",
+            teacher_dir.display(),
+            &logits[row * classes..(row + 1) * classes],
+            row + 1,
+            texts[row].0.chars().take(60).collect::<String>()
+        );
+    }
+    Ok(())
+}
+
 /// Rows run through [`teacher_logits`] in this process (tests check that a cache hit costs none).
 pub static TEACHER_INFERENCE_ROWS: AtomicUsize = AtomicUsize::new(0);
 
@@ -141,7 +156,8 @@ pub fn cached_teacher_logits(
         let view = tensors.tensor("logits").with_context(|| format!("{}: corrupt cache file; delete it", path.display()))?;
         if view.shape() == [texts.len(), num_labels] {
             eprintln!("teacher logits: reusing {} ({} rows, {})", path.display(), texts.len(), precision.name());
-            let logits = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            let logits: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            check_finite(&logits, num_labels, texts, teacher_dir).with_context(|| format!("{}: delete this cache file", path.display()))?;
             return Ok(TransferLogits { logits, rows_per_s });
         }
     }
@@ -152,6 +168,7 @@ pub fn cached_teacher_logits(
     let refs: Vec<(&str, Option<&str>)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
     let t0 = Instant::now();
     let logits = teacher_logits(&teacher, &tokenizer, &refs, batch_size)?;
+    check_finite(&logits, num_labels, texts, teacher_dir)?;
     let seconds = t0.elapsed().as_secs_f64();
     let rows_per_s = texts.len() as f64 / seconds.max(1e-9);
     eprintln!(

@@ -67,10 +67,12 @@ pub fn run(args: PredictArgs) -> Result<()> {
     for (i, line) in input.lines().enumerate() {
         let line = line.with_context(|| format!("{source}:{}: cannot read (not UTF-8?)", i + 1))?;
         if line.trim().is_empty() {
-            continue;
+            // Kept, so that output row N is input line N.
+            eprintln!("{source}:{}: empty line; predicted as an empty text", i + 1);
         }
         let text = match (predictor.is_pair(), line.split_once('\t')) {
             (Some(true) | None, Some((a, b))) => (a.to_string(), Some(b.to_string())),
+            (Some(true), None) if line.trim().is_empty() => (String::new(), Some(String::new())),
             (Some(true), None) => bail!("{source}:{}: this is a sentence-pair model; write text_a<TAB>text_b", i + 1),
             (Some(false), _) | (None, None) => (line, None),
         };
@@ -83,8 +85,16 @@ pub fn run(args: PredictArgs) -> Result<()> {
     header.extend(labels.iter().map(|l| format!("{prefix}_{l}")));
     header.push("text".into());
     out.write_record(&header)?;
-    for chunk in texts.chunks(args.batch_size) {
+    for (batch, chunk) in texts.chunks(args.batch_size).enumerate() {
         let logits = predictor.logits(chunk, args.batch_size)?;
+        if let Some(row) = logits.chunks_exact(labels.len()).position(|r| r.iter().any(|v| !v.is_finite())) {
+            bail!(
+                "{}: the model gives non-finite logits for input {} ({:?}); its weights hold NaN or infinity",
+                dir.display(),
+                batch * args.batch_size + row + 1,
+                chunk[row].0.chars().take(60).collect::<String>()
+            );
+        }
         let classes = labels.len();
         for ((row, text), best) in logits.chunks_exact(classes).zip(chunk).zip(argmax_rows(&logits, classes)) {
             let mut record = vec![labels[best].clone()];

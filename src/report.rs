@@ -130,35 +130,57 @@ impl ResultRow {
     }
 }
 
-/// Appends a row to `results.csv` (header written when the file is new), atomically.
-/// Runs in other processes (sweep shards) append to the same file: a lock file next to it
-/// keeps one read-modify-rename from losing another's row.
+/// Appends a row to `results.csv` (header written when the file is new), atomically and
+/// once: a row already there (same run dir, stage and finish time) is not added again, so a
+/// rerun after a kill between a stage's marker and its row adds the missing row and nothing
+/// more. Runs in other processes (sweep shards) append to the same file: a lock file next to
+/// it keeps one read-modify-rename from losing another's row. A torn last line (a writer
+/// killed mid-write by something other than distill) is dropped with a warning; a file with
+/// another header is an error, not appended to.
 pub fn append_result(path: &Path, row: &ResultRow) -> Result<()> {
-    let lock_path = path.with_extension("csv.lock");
-    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the folder", dir.display()))?;
-    }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("{}: cannot open the lock file", lock_path.display()))?;
-    lock.lock().with_context(|| format!("{}: cannot lock", lock_path.display()))?;
+    let _lock = crate::files::lock(&path.with_extension("csv.lock"), "the results file")?;
     let mut bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("{}: cannot read", path.display())),
     };
-    let mut writer = csv::WriterBuilder::new().has_headers(bytes.is_empty()).from_writer(Vec::new());
-    writer.serialize(row)?;
-    bytes.extend(writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?);
+    let mut header = csv::Writer::from_writer(Vec::new());
+    header.serialize(row)?;
+    let fresh = header.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let header_line = &fresh[..=fresh.iter().position(|&b| b == b'\n').expect("a header line")];
+    if !bytes.is_empty() {
+        if !bytes.starts_with(header_line) {
+            anyhow::bail!(
+                "{}: its header is not the one this version writes (another tool's file, or an older layout); move it aside and rerun",
+                path.display()
+            );
+        }
+        if !bytes.ends_with(b"\n") {
+            let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            eprintln!("{}: dropped a torn last line ({} bytes) left by an interrupted writer", path.display(), bytes.len() - keep);
+            bytes.truncate(keep);
+        }
+        let rows = read_results_bytes(&bytes, path)?;
+        if rows.iter().any(|r| r.run_dir == row.run_dir && r.stage == row.stage && r.finished_at_unix == row.finished_at_unix) {
+            return Ok(());
+        }
+        let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
+        writer.serialize(row)?;
+        bytes.extend(writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?);
+    } else {
+        bytes = fresh;
+    }
     write_atomic(path, &bytes)
 }
 
 /// All rows of a `results.csv` (or a sweep's shard file); errors name the file and line.
 pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    read_results_bytes(&bytes, path)
+}
+
+fn read_results_bytes(bytes: &[u8], path: &Path) -> Result<Vec<ResultRow>> {
+    let mut reader = csv::Reader::from_reader(bytes);
     let mut rows = Vec::new();
     for (i, row) in reader.deserialize::<ResultRow>().enumerate() {
         rows.push(row.with_context(|| format!("{}:{}: not a results row written by distill", path.display(), i + 2))?);

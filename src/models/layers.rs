@@ -86,7 +86,8 @@ pub fn contiguous_values<T>(t: &Tensor<(usize, usize), f32, Cpu, T>) -> Vec<f32>
     let mut out = vec![0f32; rows * cols];
     t.copy_into(&mut out);
     if rows > 1 && cols > 1 {
-        assert_eq!(out[cols - 1], t[[0, cols - 1]], "contiguous_values: the tensor is a strided view");
+        // Compared as bits, so that a NaN weight is copied, not taken for a layout error.
+        assert_eq!(out[cols - 1].to_bits(), t[[0, cols - 1]].to_bits(), "contiguous_values: the tensor is a strided view");
     }
     out
 }
@@ -262,11 +263,18 @@ impl LayerNorm {
     }
 }
 
-/// Named parameters as safetensors bytes (F32, little-endian), with header `metadata`.
+/// Named parameters as safetensors bytes (F32, little-endian), with header `metadata`. A
+/// parameter holding NaN or infinity is an error (naming it): such a checkpoint would predict
+/// the same thing for every input.
 pub fn safetensors_bytes(
     params: &[(String, ParamMut<'_>)],
     metadata: std::collections::HashMap<String, String>,
 ) -> anyhow::Result<Vec<u8>> {
+    for (name, p) in params {
+        if let Some(bad) = p.values().iter().find(|v| !v.is_finite()) {
+            anyhow::bail!("parameter {name} holds {bad}: the weights are not finite, so no checkpoint is written");
+        }
+    }
     let tensors: Vec<NamedTensor> = params
         .iter()
         .map(|(name, p)| {

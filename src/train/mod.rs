@@ -41,8 +41,8 @@ impl RunContext {
 
 impl RunContext {
     /// Takes `stage` from where it already finished: the row (relabelled with this run) is
-    /// returned and kept as this run's marker; a student stage's folder is linked here so
-    /// that `distill predict RUN_DIR` works. Nothing is appended to `results.csv`.
+    /// returned; a student stage's folder is linked here so that `distill predict RUN_DIR`
+    /// works. Nothing is appended to `results.csv`.
     fn reuse(&self, stage: Stage, found: FinishedStage) -> Result<ResultRow> {
         let row = ResultRow {
             experiment: self.experiment.name.clone(),
@@ -60,8 +60,8 @@ impl RunContext {
         );
         let here = self.run_dir.join(stage.name());
         if stage == Stage::Teacher {
-            // The teacher's weights stay in its own dir; this run keeps the marker only.
-            write_atomic(&stage_result_path(&self.run_dir, stage), serde_json::to_string_pretty(&row)?.as_bytes())?;
+            // The teacher stays in its own dir and is found there again next time; no marker
+            // here, since a marker's row is one this run added to results.csv.
             return Ok(row);
         }
         // An interrupted attempt of the stage here is replaced by the link.
@@ -126,15 +126,29 @@ pub fn run_experiment(experiment: Experiment) -> Result<Vec<ResultRow>> {
 }
 
 pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<ResultRow>> {
-    // Before the run dir exists, so a machine without the device leaves nothing behind.
+    // Before the run dir exists, so a machine without the device, or a missing file, leaves
+    // nothing behind and costs no training.
     crate::backend::device_present(experiment.device)?;
+    experiment.check_inputs().map_err(|(key, message)| anyhow::anyhow!("key `{key}`: {message}"))?;
     let ctx = RunContext::create(experiment)?;
+    // One process at a time per run dir: a second `distill run` of the same experiment waits,
+    // then finds the stages finished instead of training them again.
+    let _run_lock = crate::files::lock(&ctx.run_dir.join(".lock"), "another run of this experiment")?;
+    crate::files::remove_stale_temporaries(&ctx.run_dir);
+    crate::files::remove_stale_temporaries(ctx.results_csv.parent().unwrap_or(Path::new(".")));
     eprintln!("run {} → {}", ctx.experiment.name, ctx.run_dir.display());
     let mut rows = Vec::new();
     for stage in ctx.experiment.stages.clone() {
         let marker = stage_result_path(&ctx.run_dir, stage);
+        // Experiments sharing a teacher dir train it one at a time (the second then reuses it).
+        let _teacher_lock = match stage {
+            Stage::Teacher => Some(crate::files::lock(&teacher::teacher_dir(&ctx.experiment).with_extension("lock"), "the shared teacher")?),
+            _ => None,
+        };
         if !force {
             if let Some(row) = finished_stage(&marker)? {
+                // The marker is written before the row: a kill between them left the row out.
+                append_result(&ctx.results_csv, &row)?;
                 eprintln!(
                     "{} {stage:?}: already finished (dev accuracy {:.4}, F1 {:.4}; {}); --force reruns it",
                     row.experiment,
@@ -155,8 +169,10 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
             Stage::Student => student::train_student(&ctx)?,
             Stage::Distill => distill::train_distilled(&ctx)?,
         };
-        append_result(&ctx.results_csv, &row)?;
+        // Marker first, then the row (appended once): a kill between the two is repaired by
+        // the rerun above, and never gives a second row.
         write_atomic(&marker, serde_json::to_string_pretty(&row)?.as_bytes())?;
+        append_result(&ctx.results_csv, &row)?;
         crate::plots::learning_curves(&ctx.run_dir)?;
         eprintln!(
             "{} {:?}: dev accuracy {:.4}, F1 {:.4}; {:.0} s; results in {}",
@@ -172,7 +188,7 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
     Ok(rows)
 }
 
-/// `RUN_DIR/STAGE/result.json`: written last, so it exists only for a finished stage.
+/// `RUN_DIR/STAGE/result.json`: written when the stage finished (before its results row).
 pub fn stage_result_path(run_dir: &Path, stage: Stage) -> PathBuf {
     run_dir.join(stage.name()).join("result.json")
 }

@@ -195,7 +195,12 @@ pub fn teacher_dir(exp: &Experiment) -> PathBuf {
 /// The result row of a finished teacher dir, if training finished there.
 pub fn finished_teacher(dir: &Path) -> Result<Option<ResultRow>> {
     let path = dir.join(RESULT_FILE);
-    if !path.is_file() || !dir.join("model.safetensors").is_file() {
+    let weights = dir.join("model.safetensors");
+    if !path.is_file() || !weights.is_file() {
+        return Ok(None);
+    }
+    if !crate::files::safetensors_complete(&weights) {
+        eprintln!("{}: truncated or not safetensors; the teacher is not reused and trains again", weights.display());
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path)?;
