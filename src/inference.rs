@@ -166,15 +166,19 @@ pub fn cached_teacher_logits(
     let tokenizer = BertTokenizer::load(teacher_dir, max_seq_len)?;
     let teacher = TeacherBackend::new(&model, device, precision)?;
     let refs: Vec<(&str, Option<&str>)> = texts.iter().map(|(a, b)| (a.as_str(), b.as_deref())).collect();
+    let rows = tokenizer.encode_all(&refs)?;
+    let partial = cache_dir.join(format!("teacher-logits-{key}.partial"));
     let t0 = Instant::now();
-    let logits = teacher_logits(&teacher, &tokenizer, &refs, batch_size)?;
+    let pass = resumable_pass(&teacher, &rows, tokenizer.pad_id, batch_size, &partial)?;
+    let logits = pass.logits;
     check_finite(&logits, num_labels, texts, teacher_dir)?;
     let seconds = t0.elapsed().as_secs_f64();
-    let rows_per_s = texts.len() as f64 / seconds.max(1e-9);
+    let rows_per_s = pass.computed as f64 / seconds.max(1e-9);
     eprintln!(
-        "teacher logits: {} rows in {seconds:.0} s ({rows_per_s:.0} rows/s, {}); cached in {}",
-        texts.len(),
+        "teacher logits: {} rows in {seconds:.0} s ({rows_per_s:.0} rows/s, {}{}); cached in {}",
+        pass.computed,
         precision.name(),
+        if pass.computed < texts.len() { format!("; {} rows resumed from {}", texts.len() - pass.computed, partial.display()) } else { String::new() },
         path.display()
     );
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -185,5 +189,59 @@ pub fn cached_teacher_logits(
         ("rows_per_s".to_string(), format!("{rows_per_s:.1}")),
     ]);
     write_atomic(&path, &safetensors::serialize([("logits", view)], Some(metadata))?)?;
+    std::fs::remove_dir_all(&partial).ok();
     Ok(TransferLogits { logits, rows_per_s: Some(rows_per_s) })
+}
+
+/// Batches per saved segment of the teacher pass (a few minutes of work on 2 cores).
+const SEGMENT_BATCHES: usize = 64;
+
+struct Pass {
+    logits: Vec<f32>,
+    /// Rows run through the teacher now (the rest came from saved segments).
+    computed: usize,
+}
+
+/// The teacher pass over `rows` that survives a kill: the length-sorted order is cut into
+/// segments of [`SEGMENT_BATCHES`] batches, each segment's logits saved in `partial/` as it
+/// finishes, and a rerun reads the saved segments and computes only the rest. The batches are
+/// the same as in one uninterrupted pass, so the logits are too. `DISTILL_STOP_AFTER_SEGMENTS=N`
+/// stops with an error after N new segments (how the tests interrupt a pass).
+fn resumable_pass(teacher: &TeacherBackend, rows: &[(Vec<u32>, Vec<u32>)], pad_id: u32, batch_size: usize, partial: &Path) -> Result<Pass> {
+    let classes = teacher.num_labels();
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].0.len());
+    let mut logits = vec![0f32; rows.len() * classes];
+    let stop_after: Option<usize> = std::env::var("DISTILL_STOP_AFTER_SEGMENTS").ok().and_then(|v| v.parse().ok());
+    let bar = progress_bar(rows.len() as u64, "teacher inference");
+    let (mut computed, mut new_segments) = (0, 0);
+    for (index, segment) in order.chunks(batch_size * SEGMENT_BATCHES).enumerate() {
+        let file = partial.join(format!("{index:06}.f32"));
+        let values = match std::fs::read(&file) {
+            Ok(bytes) if bytes.len() == segment.len() * classes * 4 => {
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect::<Vec<f32>>()
+            }
+            _ => {
+                if stop_after == Some(new_segments) {
+                    anyhow::bail!("DISTILL_STOP_AFTER_SEGMENTS={new_segments}: the teacher pass stops here (a test's interruption)");
+                }
+                let mut values = Vec::with_capacity(segment.len() * classes);
+                for chunk in segment.chunks(batch_size) {
+                    let batch: Vec<(Vec<u32>, Vec<u32>)> = chunk.iter().map(|&i| rows[i].clone()).collect();
+                    values.extend(teacher.predict_logits(&BertInput::new(&batch, pad_id))?);
+                    bar.inc(chunk.len() as u64);
+                }
+                TEACHER_INFERENCE_ROWS.fetch_add(segment.len(), Ordering::Relaxed);
+                write_atomic(&file, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+                computed += segment.len();
+                new_segments += 1;
+                values
+            }
+        };
+        for (r, &i) in segment.iter().enumerate() {
+            logits[i * classes..(i + 1) * classes].copy_from_slice(&values[r * classes..(r + 1) * classes]);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Pass { logits, computed })
 }
