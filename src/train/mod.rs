@@ -134,8 +134,10 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
     // One process at a time per run dir: a second `distill run` of the same experiment waits,
     // then finds the stages finished instead of training them again.
     let _run_lock = crate::files::lock(&ctx.run_dir.join(".lock"), "another run of this experiment")?;
-    crate::files::remove_stale_temporaries(&ctx.run_dir);
-    crate::files::remove_stale_temporaries(ctx.results_csv.parent().unwrap_or(Path::new(".")));
+    let out_dir = ctx.results_csv.parent().unwrap_or(Path::new(".")).to_path_buf();
+    for dir in [ctx.run_dir.clone(), out_dir.clone(), out_dir.join("teachers"), out_dir.join("cache")] {
+        crate::files::remove_stale_temporaries(&dir);
+    }
     eprintln!("run {} → {}", ctx.experiment.name, ctx.run_dir.display());
     let mut rows = Vec::new();
     for stage in ctx.experiment.stages.clone() {
