@@ -2,6 +2,8 @@
 //! the stop are read back, only the rest runs, and the logits equal an uninterrupted pass.
 //! (Its own test binary: the interruption is an environment variable of this process.)
 
+mod common;
+
 use std::sync::atomic::Ordering;
 
 use distill::config::{DeviceName, Precision};
@@ -9,11 +11,7 @@ use distill::inference::{cached_teacher_logits, TEACHER_INFERENCE_ROWS};
 
 #[test]
 fn an_interrupted_teacher_pass_resumes_and_gives_the_same_logits() {
-    let dir = distill::config::distill_home().join("models/all-MiniLM-L6-v2");
-    if !dir.join("model.safetensors").is_file() {
-        eprintln!("skipped: {} is missing; run scripts/setup", dir.display());
-        return;
-    }
+    let Some(dir) = common::minilm() else { return };
     let words = ["a", "gripping", "film", "dull", "and", "slow", "the", "best", "of", "the", "year", "never", "again"];
     let texts: Vec<(String, Option<String>)> =
         (0..150).map(|i| ((0..1 + i % 9).map(|j| words[(i * 7 + j * 3) % words.len()]).collect::<Vec<_>>().join(" "), None)).collect();

@@ -1,6 +1,12 @@
 //! Stage keys: each stage is known by the inputs it reads. A key must ignore every setting
-//! its stage does not read and change with every one it does.
+//! its stage does not read and change with every one it does; a finished stage is reused by
+//! key across runs and `stages` lists.
 
+mod common;
+
+use std::path::Path;
+
+use dfdx::prelude::Cpu;
 use distill::config::{Experiment, Stage};
 use distill::train::stage_key::stage_key;
 
@@ -99,4 +105,88 @@ fn keys_name_their_stage_and_are_stable() {
     let [teacher, student, distill] = keys(&[]);
     assert!(teacher.starts_with("mrpc-") && student.starts_with("student-") && distill.starts_with("distill-"), "{teacher} {student} {distill}");
     assert_eq!(keys(&[]), [teacher, student, distill], "the same file gives the same keys");
+}
+
+/// Stages are reused by key across runs: a second run of the same file with another
+/// `distill.alpha` reuses the teacher and the student alone and trains only the distill
+/// stage; a run listing only the student stage (another name, another alpha) reuses it and
+/// links it into its own run dir. `results.csv` gets one row per stage actually trained.
+#[test]
+fn finished_stages_are_reused_by_key_across_runs_and_stage_lists() {
+    let Some(model_dir) = common::minilm() else { return };
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/SST-2");
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("reuse.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"name = "reuse"
+task = "sst2"
+stages = ["teacher", "student", "distill"]
+out_dir = "{out}"
+[data]
+dir = "{data}"
+train_limit = 48
+dev_limit = 32
+[vocab]
+kind = "wordpiece"
+tokenizer = "{model}"
+[teacher]
+model = "{model}"
+max_seq_len = 32
+batch_size = 16
+lr = 5e-5
+epochs = 1
+[augment]
+p_mask = 0.1
+n_iter = 1
+[student]
+embedding_dim = 16
+hidden_size = 16
+dropout = 0.1
+optimizer = "adadelta"
+lr = 1.0
+batch_size = 16
+epochs = 1
+[distill]
+alpha = 0.5
+optimizer = "adadelta"
+lr = 1.0
+batch_size = 16
+epochs = 1
+dropout = 0.1
+"#,
+            out = out.path().display(),
+            data = data.display(),
+            model = model_dir.display()
+        ),
+    )
+    .unwrap();
+    let results = out.path().join("results.csv");
+    let stages_in_results = || -> Vec<String> { distill::report::read_results(&results).unwrap().into_iter().map(|r| r.stage).collect() };
+    let run = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        distill::train::run_experiment(distill::config::Experiment::load(&file, &sets).unwrap()).unwrap()
+    };
+
+    let first = run(&[]);
+    assert_eq!(stages_in_results(), ["teacher", "student", "distill"]);
+
+    let second = run(&["distill.alpha=0.3"]);
+    assert_ne!(first[0].run_dir, second[0].run_dir, "another config, another run dir");
+    assert_eq!(stages_in_results(), ["teacher", "student", "distill", "distill"], "only the distill stage trains again");
+    for (a, b) in first.iter().zip(&second).take(2) {
+        assert_eq!((a.dev_accuracy, a.train_time_s), (b.dev_accuracy, b.train_time_s), "{} reused", a.stage);
+    }
+    let second_dir = Path::new(&second[0].run_dir);
+    assert!(second_dir.join("student").is_symlink() && second_dir.join("student/model.safetensors").is_file());
+    assert!(!second_dir.join("distill").is_symlink());
+
+    let third = run(&["name=\"reuse-student-only\"", "stages=[\"student\"]", "distill.alpha=0.9"]);
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0].dev_accuracy, first[1].dev_accuracy);
+    assert_eq!(stages_in_results().len(), 4, "a reused stage adds no results row");
+    let third_dir = Path::new(&third[0].run_dir);
+    let model = distill::models::bilstm::BiLstmStudent::load(&third_dir.join("student/model.safetensors"), &Cpu::default());
+    assert!(model.is_ok(), "the linked student loads from the new run dir");
 }
