@@ -26,11 +26,16 @@ pub fn lock(path: &Path, what: &str) -> Result<FileLock> {
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            eprintln!("waiting for {what} ({} is held by another distill process)", path.display());
+            let holder = std::fs::read_to_string(path).unwrap_or_default();
+            eprintln!("waiting for {what}: {} is held by distill process {}", path.display(), holder.trim());
             file.lock().with_context(|| format!("{}: cannot lock", path.display()))?;
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("{}: cannot lock", path.display())),
     }
+    // The holder's pid, for the waiting line of the next process.
+    let mut file = file;
+    file.set_len(0).ok();
+    write!(file, "{}", std::process::id()).ok();
     Ok(FileLock { _file: file })
 }
 

@@ -59,10 +59,21 @@ fn default_dropout() -> f64 {
 }
 
 impl BertConfig {
+    /// Parameters of the encoder this config describes (u128: a corrupt config cannot overflow).
+    pub fn parameter_count(&self, with_pooler: bool) -> u128 {
+        let (h, inner) = (self.hidden_size as u128, self.intermediate_size as u128);
+        let embeddings = (self.vocab_size as u128 + self.max_position_embeddings as u128 + self.type_vocab_size as u128) * h + 2 * h;
+        let layer = 4 * (h * h + h) + 2 * h + (h * inner + inner) + (inner * h + h) + 2 * h;
+        embeddings + self.num_hidden_layers as u128 * layer + if with_pooler { h * h + h } else { 0 }
+    }
+
     pub fn load(path: &Path) -> Result<BertConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let config: BertConfig =
             serde_json::from_str(&text).with_context(|| format!("{}: not a BERT config.json", path.display()))?;
+        if config.hidden_size == 0 || config.num_attention_heads == 0 || config.num_hidden_layers == 0 {
+            bail!("{}: hidden_size, num_attention_heads and num_hidden_layers must be at least 1", path.display());
+        }
         if !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             bail!(
                 "{}: hidden_size {} is not a multiple of num_attention_heads {}",
@@ -348,6 +359,16 @@ impl BertModel {
     /// then every parameter filled by its name from [`BertModel::params_mut`].
     pub fn from_weights(w: &Weights, root: &str, config: BertConfig) -> Result<BertModel> {
         let with_pooler = w.has(&format!("{root}pooler.dense.weight"));
+        // Checked before anything is allocated, so a corrupt config.json cannot ask for more
+        // memory than the checkpoint holds.
+        let implied = config.parameter_count(with_pooler);
+        let held: u128 = w.tensors.tensors().iter().map(|(_, t)| t.data().len() as u128 / 4).sum();
+        if implied > held {
+            bail!(
+                "{}: config.json implies {implied} parameters but the file holds {held} values; the two do not belong together",
+                w.path.display()
+            );
+        }
         let mut model = BertModel::zeros(config, with_pooler, &w.dev);
         let mut params = Vec::new();
         model.params_mut(root, &mut params);

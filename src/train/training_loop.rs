@@ -102,6 +102,10 @@ pub fn run_training_loop(
             }
             let train_loss = epoch_loss / (index + 1) as f64;
             let eval = bar.suspend(|| trainee.evaluate())?;
+            if !eval.loss.is_finite() {
+                // A finite training loss but non-finite dev outputs: the weights went bad.
+                bail!("the {stage} stage's dev loss became {} at step {step}: the weights are no longer finite; {}", eval.loss, settings.advice);
+            }
             log.push_evaluation(stage, step, epoch, train_loss, eval.loss, eval.metrics, start.elapsed().as_secs_f64())?;
             let improved = best.as_ref().is_none_or(|(_, m)| eval.metrics.accuracy > m.accuracy);
             let line = format!(
