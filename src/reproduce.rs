@@ -31,6 +31,7 @@ pub struct ReproduceArgs {
 }
 
 pub fn run(args: ReproduceArgs) -> Result<()> {
+    let full = TableSpec::load(&args.spec)?;
     let mut spec = TableSpec::load(&args.spec)?;
     if let Some(only) = &args.only {
         let titles: Vec<String> = spec.column.iter().map(|c| c.title.clone()).collect();
@@ -84,8 +85,9 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         let exp = Experiment { stages, ..exp };
         crate::train::run_experiment(exp)?;
     }
-    let cells = crate::table::build(&spec)?;
-    print!("{}", crate::table::write(&spec, &cells, &args.out)?);
+    // The whole table, whatever `--only` ran.
+    let cells = crate::table::build(&full)?;
+    print!("{}", crate::table::write(&full, &cells, &args.out)?);
     eprintln!("written: {} and {}", args.out.join("table.md").display(), args.out.join("table.csv").display());
     Ok(())
 }
