@@ -169,6 +169,9 @@ fn read_text_vectors(
     Ok(dim)
 }
 
+/// The most dimensions a vectors file may declare.
+const MAX_DIM: usize = 65_536;
+
 fn read_word2vec_binary(
     path: &Path,
     reader: &mut impl BufRead,
@@ -179,7 +182,9 @@ fn read_word2vec_binary(
     let parts: Vec<&str> = header.split_whitespace().collect();
     let (count, dim) = match parts.as_slice() {
         [c, d] => match (c.parse::<usize>(), d.parse::<usize>()) {
-            (Ok(c), Ok(d)) if d > 0 => (c, d),
+            // Bounded: DIM sizes a buffer, and no word vectors have more than a few thousand.
+            (Ok(c), Ok(d)) if d > 0 && d <= MAX_DIM => (c, d),
+            (Ok(_), Ok(d)) if d > MAX_DIM => bail!("{}: the header says {d} dimensions; at most {MAX_DIM} are read (a corrupt header?)", path.display()),
             _ => bail!("{}: expected a word2vec binary header `COUNT DIM`, found {:?}", path.display(), truncate(&header)),
         },
         _ => bail!("{}: expected a word2vec binary header `COUNT DIM`, found {:?}", path.display(), truncate(&header)),

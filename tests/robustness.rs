@@ -31,6 +31,11 @@ fn non_finite_vectors_are_refused_with_file_and_line() {
     std::fs::write(&path, bytes).unwrap();
     let e = load_pretrained(&path, VectorFormat::Word2vecBinary, &vocab()).err().expect("refused").to_string();
     assert!(e.contains("vector 2 of 2") && e.contains("\"bad\""), "{e}");
+    // A corrupt header asking for 10^11 dimensions is an error, not a 400 GB allocation
+    // (found by tests/fuzz.rs).
+    std::fs::write(&path, b"1 99999999999\ngood \x00\x00").unwrap();
+    let e = load_pretrained(&path, VectorFormat::Word2vecBinary, &vocab()).err().expect("refused").to_string();
+    assert!(e.contains("99999999999 dimensions"), "{e}");
 }
 
 #[test]
