@@ -901,20 +901,29 @@ pub fn line_of_key(text: &str, key: &str) -> Option<usize> {
 /// Expands `${VAR}` (and `${DISTILL_HOME}`, which defaults to `~/.cache/distill`) and a leading `~`.
 /// The first `${VAR}` in `raw` that is not set (`DISTILL_HOME` has a default).
 fn unset_variable(raw: &str) -> Option<String> {
-    let mut rest = raw;
-    while let Some(start) = rest.find("${") {
-        let after = &rest[start + 2..];
-        let end = after.find('}')?;
-        let var = &after[..end];
-        if var != "DISTILL_HOME" && std::env::var_os(var).is_none() {
-            return Some(var.to_string());
+    let mut missing = None;
+    substitute_variables(raw, |var| {
+        let value = variable(var);
+        if value.is_none() && missing.is_none() {
+            missing = Some(var.to_string());
         }
-        rest = &after[end + 1..];
-    }
-    None
+        value.unwrap_or_default()
+    });
+    missing
 }
 
-pub fn expand_path(raw: &str) -> PathBuf {
+/// The value of `${VAR}` in a path: `DISTILL_HOME` has a default, others come from the
+/// environment.
+fn variable(var: &str) -> Option<String> {
+    if var == "DISTILL_HOME" {
+        Some(distill_home().display().to_string())
+    } else {
+        std::env::var(var).ok()
+    }
+}
+
+/// `raw` with each `${VAR}` replaced by `value(VAR)` (an unclosed `${` stays as written).
+fn substitute_variables(raw: &str, mut value: impl FnMut(&str) -> String) -> String {
     let mut out = String::new();
     let mut rest = raw;
     while let Some(start) = rest.find("${") {
@@ -922,13 +931,7 @@ pub fn expand_path(raw: &str) -> PathBuf {
         let after = &rest[start + 2..];
         match after.find('}') {
             Some(end) => {
-                let var = &after[..end];
-                let value = if var == "DISTILL_HOME" {
-                    distill_home().display().to_string()
-                } else {
-                    std::env::var(var).unwrap_or_default()
-                };
-                out.push_str(&value);
+                out.push_str(&value(&after[..end]));
                 rest = &after[end + 1..];
             }
             None => {
@@ -938,6 +941,11 @@ pub fn expand_path(raw: &str) -> PathBuf {
         }
     }
     out.push_str(rest);
+    out
+}
+
+pub fn expand_path(raw: &str) -> PathBuf {
+    let out = substitute_variables(raw, |var| variable(var).unwrap_or_default());
     if let Some(stripped) = out.strip_prefix("~/") {
         if let Ok(home) = std::env::var("HOME") {
             return Path::new(&home).join(stripped);

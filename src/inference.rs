@@ -36,10 +36,7 @@ pub fn evaluate_student(student: &StudentBackend, set: &EncodedSet, empty_id: u3
     let mut logits = vec![0f32; set.len() * classes];
     let start = Instant::now();
     for chunk in order.chunks(batch_size) {
-        let out = student.predict_logits(&set.input(chunk, empty_id))?;
-        for (row, &i) in chunk.iter().enumerate() {
-            logits[i * classes..(i + 1) * classes].copy_from_slice(&out[row * classes..(row + 1) * classes]);
-        }
+        scatter_rows(&mut logits, chunk, &student.predict_logits(&set.input(chunk, empty_id))?, classes);
     }
     Ok(evaluation(&logits, &set.labels, classes, start))
 }
@@ -68,16 +65,34 @@ pub fn logits_of_rows(teacher: &TeacherBackend, rows: &[(Vec<u32>, Vec<u32>)], p
     order.sort_by_key(|&i| rows[i].0.len());
     let mut logits = vec![0f32; rows.len() * classes];
     let bar = progress_bar(rows.len() as u64, what);
-    for chunk in order.chunks(batch_size) {
-        let batch: Vec<(Vec<u32>, Vec<u32>)> = chunk.iter().map(|&i| rows[i].clone()).collect();
-        let out = teacher.predict_logits(&BertInput::new(&batch, pad_id))?;
-        for (r, &i) in chunk.iter().enumerate() {
-            logits[i * classes..(i + 1) * classes].copy_from_slice(&out[r * classes..(r + 1) * classes]);
-        }
-        bar.inc(chunk.len() as u64);
-    }
+    scatter_rows(&mut logits, &order, &predict_in_order(teacher, rows, &order, pad_id, batch_size, &bar)?, classes);
     bar.finish_and_clear();
     Ok(logits)
+}
+
+/// Teacher logits of `rows[indices]`, in that order, in consecutive batches of `batch_size`.
+fn predict_in_order(
+    teacher: &TeacherBackend,
+    rows: &[(Vec<u32>, Vec<u32>)],
+    indices: &[usize],
+    pad_id: u32,
+    batch_size: usize,
+    bar: &crate::progress::Progress,
+) -> Result<Vec<f32>> {
+    let mut values = Vec::with_capacity(indices.len() * teacher.num_labels());
+    for chunk in indices.chunks(batch_size) {
+        let batch: Vec<(Vec<u32>, Vec<u32>)> = chunk.iter().map(|&i| rows[i].clone()).collect();
+        values.extend(teacher.predict_logits(&BertInput::new(&batch, pad_id))?);
+        bar.inc(chunk.len() as u64);
+    }
+    Ok(values)
+}
+
+/// Puts `values` (rows of `classes`, in the order of `indices`) at those rows of `logits`.
+fn scatter_rows(logits: &mut [f32], indices: &[usize], values: &[f32], classes: usize) {
+    for (r, &i) in indices.iter().enumerate() {
+        logits[i * classes..(i + 1) * classes].copy_from_slice(&values[r * classes..(r + 1) * classes]);
+    }
 }
 
 /// Teacher logits for texts (or pairs), batched, with a progress bar and ETA.
@@ -225,12 +240,7 @@ fn resumable_pass(teacher: &TeacherBackend, rows: &[(Vec<u32>, Vec<u32>)], pad_i
                 if stop_after == Some(new_segments) {
                     anyhow::bail!("DISTILL_STOP_AFTER_SEGMENTS={new_segments}: the teacher pass stops here (a test's interruption)");
                 }
-                let mut values = Vec::with_capacity(segment.len() * classes);
-                for chunk in segment.chunks(batch_size) {
-                    let batch: Vec<(Vec<u32>, Vec<u32>)> = chunk.iter().map(|&i| rows[i].clone()).collect();
-                    values.extend(teacher.predict_logits(&BertInput::new(&batch, pad_id))?);
-                    bar.inc(chunk.len() as u64);
-                }
+                let values = predict_in_order(teacher, rows, segment, pad_id, batch_size, &bar)?;
                 TEACHER_INFERENCE_ROWS.fetch_add(segment.len(), Ordering::Relaxed);
                 write_atomic(&file, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
                 computed += segment.len();
@@ -238,9 +248,7 @@ fn resumable_pass(teacher: &TeacherBackend, rows: &[(Vec<u32>, Vec<u32>)], pad_i
                 values
             }
         };
-        for (r, &i) in segment.iter().enumerate() {
-            logits[i * classes..(i + 1) * classes].copy_from_slice(&values[r * classes..(r + 1) * classes]);
-        }
+        scatter_rows(&mut logits, segment, &values, classes);
     }
     bar.finish_and_clear();
     Ok(Pass { logits, computed })

@@ -85,6 +85,28 @@ impl Optimizer {
     /// rows and applies the skipped steps' decay lazily: with a zero gradient a step leaves
     /// the value unchanged and multiplies both averages by rho, so the result is exactly the
     /// dense update. Adam moves values even on a zero gradient, so it stays dense.
+    /// Backpropagates `loss`, clips the global gradient norm to `max_grad_norm` when that is
+    /// positive, and takes one step on `params` (see [`Optimizer::step`]); returns the loss.
+    /// A non-finite loss makes no update (the caller stops with advice).
+    pub fn minimize(
+        &mut self,
+        loss: Tensor<(), f32, Cpu, OwnedTape<f32, Cpu>>,
+        mut params: Vec<(String, ParamMut<'_>)>,
+        trainable: &[bool],
+        rows: &[Option<&[usize]>],
+        max_grad_norm: f32,
+    ) -> f64 {
+        let loss_value = loss.array() as f64;
+        if loss_value.is_finite() {
+            let mut grads = loss.backward();
+            if max_grad_norm > 0.0 {
+                clip_grad_norm(&params, &mut grads, max_grad_norm);
+            }
+            self.step(&mut params, trainable, rows, &mut grads);
+        }
+        loss_value
+    }
+
     pub fn step(
         &mut self,
         params: &mut [(String, ParamMut<'_>)],

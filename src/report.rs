@@ -164,9 +164,7 @@ pub fn append_result(path: &Path, row: &ResultRow) -> Result<()> {
         if rows.iter().any(|r| r.run_dir == row.run_dir && r.stage == row.stage && r.finished_at_unix == row.finished_at_unix) {
             return Ok(());
         }
-        let mut writer = csv::WriterBuilder::new().has_headers(false).from_writer(Vec::new());
-        writer.serialize(row)?;
-        bytes.extend(writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?);
+        bytes.extend(&fresh[header_line.len()..]);
     } else {
         bytes = fresh;
     }

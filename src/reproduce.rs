@@ -31,18 +31,16 @@ pub struct ReproduceArgs {
 }
 
 pub fn run(args: ReproduceArgs) -> Result<()> {
-    let full = TableSpec::load(&args.spec)?;
-    let mut spec = TableSpec::load(&args.spec)?;
-    if let Some(only) = &args.only {
-        let titles: Vec<String> = spec.column.iter().map(|c| c.title.clone()).collect();
-        spec.column.retain(|c| c.title.eq_ignore_ascii_case(only));
-        if spec.column.is_empty() {
-            bail!("{}: no column titled {only:?}; the columns are {}", args.spec.display(), titles.join(", "));
-        }
+    let spec = TableSpec::load(&args.spec)?;
+    let columns: Vec<&ColumnSpec> =
+        spec.column.iter().filter(|c| args.only.as_ref().is_none_or(|only| c.title.eq_ignore_ascii_case(only))).collect();
+    if let (Some(only), true) = (&args.only, columns.is_empty()) {
+        let titles: Vec<&str> = spec.column.iter().map(|c| c.title.as_str()).collect();
+        bail!("{}: no column titled {only:?}; the columns are {}", args.spec.display(), titles.join(", "));
     }
     let mut missing: Vec<(&ColumnSpec, RowKind, Experiment)> = Vec::new();
     let mut planned: HashSet<String> = HashSet::new();
-    for column in &spec.column {
+    for &column in &columns {
         println!("{} ({})", column.title, column.file);
         for kind in RowKind::ALL {
             if let Some(reason) = &column.cell(kind).pending {
@@ -86,8 +84,8 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         crate::train::run_experiment(exp)?;
     }
     // The whole table, whatever `--only` ran.
-    let cells = crate::table::build(&full)?;
-    print!("{}", crate::table::write(&full, &cells, &args.out)?);
+    let cells = crate::table::build(&spec)?;
+    print!("{}", crate::table::write(&spec, &cells, &args.out)?);
     eprintln!("written: {} and {}", args.out.join("table.md").display(), args.out.join("table.csv").display());
     Ok(())
 }

@@ -113,9 +113,14 @@ impl ColumnSpec {
         }
     }
 
+    /// A cell's overrides: the column's, then the cell's own.
+    fn sets(&self, kind: RowKind) -> impl Iterator<Item = &String> {
+        self.set.iter().chain(&self.cell(kind).set)
+    }
+
     /// The column's file with the column's and the cell's overrides.
     pub fn experiment(&self, kind: RowKind) -> Result<Experiment> {
-        let sets: Vec<String> = self.set.iter().chain(&self.cell(kind).set).cloned().collect();
+        let sets: Vec<String> = self.sets(kind).cloned().collect();
         Experiment::load(Path::new(&self.file), &sets).with_context(|| format!("column {:?}, row {}", self.title, kind.title()))
     }
 
@@ -127,7 +132,7 @@ impl ColumnSpec {
             _ => vec![kind.stage()],
         };
         let list: Vec<String> = stages.iter().map(|s| format!("\"{}\"", s.name())).collect();
-        let sets: String = self.set.iter().chain(&self.cell(kind).set).map(|s| format!(" --set '{s}'")).collect();
+        let sets: String = self.sets(kind).map(|s| format!(" --set '{s}'")).collect();
         (stages, format!("distill run {}{sets} --set 'stages=[{}]'", self.file, list.join(",")))
     }
 }

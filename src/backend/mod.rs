@@ -6,7 +6,6 @@
 pub mod parity;
 
 use anyhow::{Context, Result};
-use dfdx::prelude::*;
 
 use crate::config::{DeviceName, OptimizerName};
 use crate::gpu::bert::GpuBert;
@@ -17,7 +16,7 @@ use crate::models::bert::{BertForSequenceClassification, BertInput};
 use crate::models::bert_inference::BertInference;
 use crate::models::bilstm::{BiLstmStudent, StudentInput};
 use crate::ops::packed::{missing_instruction_note, Precision};
-use crate::optim::{clip_grad_norm, Optimizer, OptimizerConfig};
+use crate::optim::{Optimizer, OptimizerConfig};
 
 /// Whether `device` can be used on this machine; the error says what is missing.
 pub fn device_present(device: DeviceName) -> Result<()> {
@@ -70,17 +69,8 @@ impl StudentBackend {
         match &mut self.device {
             StudentDevice::Cpu { optimizer, trainable } => {
                 let value = loss::loss(self.model.forward_train(input), labels, targets);
-                let loss_value = value.array() as f64;
-                if loss_value.is_finite() {
-                    let mut grads = value.backward();
-                    let mut params = self.model.params_mut();
-                    if max_grad_norm > 0.0 {
-                        clip_grad_norm(&params, &mut grads, max_grad_norm);
-                    }
-                    let rows = input.tokens.distinct_ids();
-                    optimizer.step(&mut params, trainable, &[Some(rows.as_slice())], &mut grads);
-                }
-                Ok(loss_value)
+                let rows = input.tokens.distinct_ids();
+                Ok(optimizer.minimize(value, self.model.params_mut(), trainable, &[Some(rows.as_slice())], max_grad_norm))
             }
             StudentDevice::Gpu(gpu) => Ok(gpu.train_step(input, labels, targets, max_grad_norm, self.train_embeddings)? as f64),
         }

@@ -25,7 +25,7 @@ use crate::inference::{evaluate_teacher, Evaluation};
 use crate::loss::{self, Targets};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
 use crate::ops::packed::Precision;
-use crate::optim::{clip_grad_norm, warmup_linear_lr, Optimizer};
+use crate::optim::{warmup_linear_lr, Optimizer};
 use crate::report::{MetricsLog, ResultRow};
 use crate::tokenize::BertTokenizer;
 
@@ -160,16 +160,7 @@ pub fn teacher_step(
     max_grad_norm: f32,
 ) -> f64 {
     let value = loss::loss(model.forward_train(input), labels, &Targets::Gold);
-    let loss_value = value.array() as f64;
-    if loss_value.is_finite() {
-        let mut grads = value.backward();
-        let mut params = model.params_mut();
-        if max_grad_norm > 0.0 {
-            clip_grad_norm(&params, &mut grads, max_grad_norm);
-        }
-        optimizer.step(&mut params, trainable, &[], &mut grads);
-    }
-    loss_value
+    optimizer.minimize(value, model.params_mut(), trainable, &[], max_grad_norm)
 }
 
 /// Written into a teacher dir when its training finished; its presence means "reuse me".
