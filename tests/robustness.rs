@@ -133,16 +133,23 @@ fn a_second_holder_of_a_lock_waits_for_the_first() {
 }
 
 #[test]
-fn a_truncated_teacher_is_not_reused() {
+fn a_truncated_or_damaged_teacher_is_not_reused() {
     let dir = tempfile::tempdir().unwrap();
     distill::backend::parity::write_random_minilm(dir.path()).unwrap();
     let weights = dir.path().join("model.safetensors");
-    assert!(distill::files::safetensors_complete(&weights));
+    assert!(distill::files::safetensors_intact(&weights));
     std::fs::write(dir.path().join("distill_result.json"), serde_json::to_string(&row("teacher", 1)).unwrap()).unwrap();
     assert!(distill::train::teacher::finished_teacher(dir.path()).unwrap().is_some());
     let bytes = std::fs::read(&weights).unwrap();
+    // One byte changed, the length kept: only the hash recorded at save shows it.
+    let mut damaged = bytes.clone();
+    let last = damaged.len() - 3;
+    damaged[last] ^= 0x10;
+    std::fs::write(&weights, &damaged).unwrap();
+    assert!(!distill::files::safetensors_intact(&weights));
+    assert!(distill::train::teacher::finished_teacher(dir.path()).unwrap().is_none(), "a damaged teacher trains again");
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
-    assert!(!distill::files::safetensors_complete(&weights));
+    assert!(!distill::files::safetensors_intact(&weights));
     assert!(distill::train::teacher::finished_teacher(dir.path()).unwrap().is_none(), "a truncated teacher trains again");
 }
 

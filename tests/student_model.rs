@@ -4,6 +4,7 @@
 use dfdx::prelude::*;
 use distill::config::PairFeatures;
 use distill::models::bilstm::{BiLstmStudent, StudentInput, StudentShape, TokenBatch};
+use distill::ops::dropout::DropoutRng;
 use distill::loss::mean_cross_entropy;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -41,7 +42,7 @@ fn gradient_check(pair: Option<PairFeatures>) {
     let (examples, labels) = if pair.is_some() { (3, vec![1, 0, 1]) } else { (6, vec![1, 0, 1, 1, 0, 0]) };
     let input = input(&seqs, examples);
 
-    let logits = model.forward_train(&input);
+    let logits = model.forward_train(&input, &DropoutRng::new(0));
     let mut target = vec![0f32; examples * 2];
     for (r, &l) in labels.iter().enumerate() {
         target[r * 2 + l] = 1.0;

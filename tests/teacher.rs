@@ -8,6 +8,7 @@ use distill::data::Task;
 use distill::models::bert::{BertForSequenceClassification, BertInput, Dropout};
 use distill::loss::mean_cross_entropy;
 use distill::optim::warmup_linear_lr;
+use distill::ops::dropout::DropoutRng;
 use distill::train::batches::{bucketed_batches, shuffled_batches};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -90,7 +91,7 @@ fn teacher_gradients_match_finite_differences() {
         target[r * 2 + l] = 1.0;
     }
     let target = Cpu::default().tensor_from_vec(target, (labels.len(), 2));
-    let mut grads = cross_entropy_with_logits_loss(model.forward_train(&input), target).backward();
+    let mut grads = cross_entropy_with_logits_loss(model.forward_train(&input, &DropoutRng::new(0)), target).backward();
     let analytic: Vec<(String, Vec<f32>)> =
         model.params_mut().into_iter().map(|(name, p)| (name, p.grad(&mut grads).to_vec())).collect();
     let loss = |m: &BertForSequenceClassification| mean_cross_entropy(&m.predict_logits(&input), &labels, 2);

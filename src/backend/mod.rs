@@ -5,6 +5,8 @@
 
 pub mod parity;
 
+use std::path::Path;
+
 use anyhow::{Context, Result};
 
 use crate::config::{DeviceName, OptimizerName};
@@ -15,8 +17,10 @@ use crate::loss::{self, Targets};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
 use crate::models::bert_inference::BertInference;
 use crate::models::bilstm::{BiLstmStudent, StudentInput};
+use crate::ops::dropout::DropoutRng;
 use crate::ops::packed::{missing_instruction_note, Precision};
 use crate::optim::{Optimizer, OptimizerConfig};
+use crate::train::resume::TrainingState;
 
 /// Whether `device` can be used on this machine; the error says what is missing.
 pub fn device_present(device: DeviceName) -> Result<()> {
@@ -36,18 +40,18 @@ pub struct StudentBackend {
 }
 
 enum StudentDevice {
-    Cpu { optimizer: Optimizer, trainable: Vec<bool> },
+    Cpu { optimizer: Optimizer, trainable: Vec<bool>, dropout_rng: DropoutRng },
     Gpu(Box<GpuStudent>),
 }
 
 impl StudentBackend {
     /// `model` on `device`, trained with `optimizer`; `train_embeddings = false` freezes the
-    /// embedding (parameter 0). `seed` drives the GPU's dropout masks.
+    /// embedding (parameter 0). `seed` drives the dropout masks.
     pub fn new(mut model: BiLstmStudent, optimizer: OptimizerConfig, train_embeddings: bool, device: DeviceName, seed: u64) -> Result<StudentBackend> {
         let device = match device {
             DeviceName::Cpu => {
                 let trainable = model.params_mut().iter().enumerate().map(|(i, _)| i > 0 || train_embeddings).collect();
-                StudentDevice::Cpu { optimizer: Optimizer::new(optimizer), trainable }
+                StudentDevice::Cpu { optimizer: Optimizer::new(optimizer), trainable, dropout_rng: DropoutRng::new(seed) }
             }
             DeviceName::Cuda => {
                 let gpu = Gpu::new()?;
@@ -67,8 +71,8 @@ impl StudentBackend {
     /// (the caller stops with advice). `max_grad_norm` > 0 clips the global gradient norm.
     pub fn train_step(&mut self, input: &StudentInput, labels: &[usize], targets: &Targets, max_grad_norm: f32) -> Result<f64> {
         match &mut self.device {
-            StudentDevice::Cpu { optimizer, trainable } => {
-                let value = loss::loss(self.model.forward_train(input), labels, targets);
+            StudentDevice::Cpu { optimizer, trainable, dropout_rng } => {
+                let value = loss::loss(self.model.forward_train(input, dropout_rng), labels, targets);
                 let rows = input.tokens.distinct_ids();
                 Ok(optimizer.minimize(value, self.model.params_mut(), trainable, &[Some(rows.as_slice())], max_grad_norm))
             }
@@ -99,6 +103,28 @@ impl StudentBackend {
             gpu.copy_from(&mut self.model)?;
         }
         Ok(())
+    }
+
+    /// Writes the weights, optimizer state and dropout stream for resuming; false on a GPU,
+    /// whose state stays on the device.
+    pub fn save_state(&mut self, path: &Path) -> Result<bool> {
+        match &mut self.device {
+            StudentDevice::Cpu { optimizer, dropout_rng, .. } => {
+                TrainingState { params: &mut self.model.params_mut(), optimizer, dropout_rng }.save(path)?;
+                Ok(true)
+            }
+            StudentDevice::Gpu(_) => Ok(false),
+        }
+    }
+
+    /// Continues from a file [`StudentBackend::save_state`] wrote.
+    pub fn load_state(&mut self, path: &Path) -> Result<()> {
+        match &mut self.device {
+            StudentDevice::Cpu { optimizer, dropout_rng, .. } => {
+                TrainingState { params: &mut self.model.params_mut(), optimizer, dropout_rng }.load(path)
+            }
+            StudentDevice::Gpu(_) => anyhow::bail!("a student on the GPU does not resume inside a stage"),
+        }
     }
 
     pub fn model(&self) -> &BiLstmStudent {

@@ -18,6 +18,7 @@ use rand::rngs::StdRng;
 use serde::Deserialize;
 
 use crate::ops::attention::{attention, AttentionShape};
+use crate::ops::dropout::{dropout, DropoutRng};
 use super::bert_inference::BertInference;
 use super::layers::{gelu, safetensors_bytes, LayerNorm, Linear, ParamMut};
 use crate::ops::packed::Precision;
@@ -135,27 +136,36 @@ impl<'a> Weights<'a> {
 }
 
 /// Dropout rates during fine-tuning (zero at inference).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Dropout {
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout<'a> {
     /// After the embeddings, each sublayer and the pooler (`hidden_dropout_prob`).
     pub hidden: f32,
     /// On the attention probabilities (`attention_probs_dropout_prob`).
     pub attention: f32,
+    /// Where the masks come from (the trainer's stream, saved in its checkpoints).
+    pub rng: Option<&'a DropoutRng>,
 }
 
-impl Dropout {
-    pub const NONE: Dropout = Dropout { hidden: 0.0, attention: 0.0 };
+impl Dropout<'static> {
+    pub const NONE: Dropout<'static> = Dropout { hidden: 0.0, attention: 0.0, rng: None };
+}
 
-    pub fn from_config(c: &BertConfig) -> Dropout {
-        Dropout { hidden: c.hidden_dropout_prob as f32, attention: c.attention_probs_dropout_prob as f32 }
+impl<'a> Dropout<'a> {
+    pub fn from_config(c: &BertConfig, rng: &'a DropoutRng) -> Dropout<'a> {
+        Dropout { hidden: c.hidden_dropout_prob as f32, attention: c.attention_probs_dropout_prob as f32, rng: Some(rng) }
     }
-}
 
-fn maybe_dropout<T: Tape<f32, Cpu>>(x: Matrix<T>, p: f32) -> Matrix<T> {
-    if p > 0.0 {
-        x.dropout(p)
-    } else {
-        x
+    /// `x` with the hidden-state dropout applied.
+    fn on_hidden<T: Tape<f32, Cpu>>(&self, x: Matrix<T>) -> Matrix<T> {
+        match self.rng {
+            Some(rng) if self.hidden > 0.0 => dropout(x, self.hidden, rng),
+            _ => x,
+        }
+    }
+
+    /// The attention-probability dropout, if any.
+    fn on_attention(&self) -> Option<(f32, &'a DropoutRng)> {
+        self.rng.filter(|_| self.attention > 0.0).map(|rng| (self.attention, rng))
     }
 }
 
@@ -223,7 +233,7 @@ impl BertEmbeddings {
     }
 
     /// `[batch·seq, hidden]` from `word_embeddings` (which carries the tape).
-    fn forward<T: Tape<f32, Cpu>>(&self, word_embeddings: Matrix<T>, input: &BertInput, dropout: f32) -> Matrix<T> {
+    fn forward<T: Tape<f32, Cpu>>(&self, word_embeddings: Matrix<T>, input: &BertInput, dropout: Dropout) -> Matrix<T> {
         let dev = word_embeddings.device().clone();
         let n = input.ids.len();
         let positions: Vec<usize> = (0..n).map(|i| i % input.seq).collect();
@@ -231,7 +241,7 @@ impl BertEmbeddings {
         let pos: Matrix<T> = self.position_embeddings.retaped::<T>().gather(dev.tensor_from_vec(positions, (n,)));
         let types: Matrix<T> =
             self.token_type_embeddings.retaped::<T>().gather(dev.tensor_from_vec(input.token_types.clone(), (n,)));
-        maybe_dropout(self.layer_norm.forward(words + pos + types), dropout)
+        dropout.on_hidden(self.layer_norm.forward(words + pos + types))
     }
 }
 
@@ -252,14 +262,14 @@ impl BertSelfAttention {
 
     /// Multi-head attention over `[batch·seq, hidden]`; `mask` is `[batch, seq]` with 0 for
     /// real keys and a large negative number for padding.
-    fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, mask: &[f32], shape: (usize, usize), dropout: f32) -> Matrix<T> {
+    fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, mask: &[f32], shape: (usize, usize), dropout: Dropout) -> Matrix<T> {
         let (batch, seq) = shape;
         let hidden = x.shape().1;
         let q = self.query.forward(x.retaped::<T>());
         let k = self.key.forward(x.retaped::<T>());
         let v = self.value.forward(x);
         let shape = AttentionShape { batch, seq, heads: self.num_heads, head_dim: hidden / self.num_heads };
-        attention(q, k, v, mask, shape, dropout)
+        attention(q, k, v, mask, shape, dropout.on_attention())
     }
 }
 
@@ -284,9 +294,9 @@ impl BertResidualOutput {
         &self,
         x: Matrix<T>,
         residual: Matrix<R>,
-        dropout: f32,
+        dropout: Dropout,
     ) -> Matrix<T> {
-        self.layer_norm.forward_sum(maybe_dropout(self.dense.forward(x), dropout), residual)
+        self.layer_norm.forward_sum(dropout.on_hidden(self.dense.forward(x)), residual)
     }
 }
 
@@ -326,10 +336,10 @@ impl BertLayer {
     }
 
     fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, mask: &[f32], shape: (usize, usize), dropout: Dropout) -> Matrix<T> {
-        let attended = self.attention_self.forward(x.retaped::<T>(), mask, shape, dropout.attention);
-        let x = self.attention_output.forward(attended, x, dropout.hidden);
+        let attended = self.attention_self.forward(x.retaped::<T>(), mask, shape, dropout);
+        let x = self.attention_output.forward(attended, x, dropout);
         let inner = gelu(self.intermediate.forward(x.retaped::<T>()));
-        self.output.forward(inner, x, dropout.hidden)
+        self.output.forward(inner, x, dropout)
     }
 }
 
@@ -390,7 +400,7 @@ impl BertModel {
     /// Last hidden state `[batch·seq, hidden]`; the tape starts at `word_embeddings`.
     pub fn forward<T: Tape<f32, Cpu>>(&self, word_embeddings: Matrix<T>, input: &BertInput, dropout: Dropout) -> Matrix<T> {
         let mask = input.additive_mask();
-        let mut x = self.embeddings.forward(word_embeddings, input, dropout.hidden);
+        let mut x = self.embeddings.forward(word_embeddings, input, dropout);
         for layer in &self.encoder_layers {
             x = layer.forward(x, &mask, (input.batch(), input.seq), dropout);
         }
@@ -490,12 +500,12 @@ impl BertForSequenceClassification {
     pub fn forward<T: Tape<f32, Cpu>>(&self, word_embeddings: Matrix<T>, input: &BertInput, dropout: Dropout) -> Matrix<T> {
         let hidden = self.bert.forward(word_embeddings, input, dropout);
         let pooled = self.bert.pool(hidden, input).expect("load() always sets a pooler");
-        self.classifier.forward(maybe_dropout(pooled, dropout.hidden))
+        self.classifier.forward(dropout.on_hidden(pooled))
     }
 
-    /// Logits with the config's dropout and a gradient tape.
-    pub fn forward_train(&self, input: &BertInput) -> Matrix<OwnedTape<f32, Cpu>> {
-        let dropout = Dropout::from_config(&self.bert.config);
+    /// Logits with the config's dropout (masks drawn from `dropout_rng`) and a gradient tape.
+    pub fn forward_train(&self, input: &BertInput, dropout_rng: &DropoutRng) -> Matrix<OwnedTape<f32, Cpu>> {
+        let dropout = Dropout::from_config(&self.bert.config, dropout_rng);
         self.forward(self.bert.embeddings.word_embeddings.leaky_trace(), input, dropout)
     }
 

@@ -20,6 +20,7 @@ use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection
 use std::sync::Mutex;
 use crate::config::PairFeatures;
 use crate::files::write_atomic;
+use crate::ops::dropout::{dropout, DropoutRng};
 
 /// Everything that fixes the student's parameter shapes.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -137,30 +138,31 @@ impl BiLstmStudent {
 
     /// Logits `[examples, num_labels]`. `embedder` is `self.embedder`, traced or not:
     /// the tape starts there and flows left to right through the whole graph.
-    pub fn forward<T: Tape<f32, Cpu>>(&self, embedder: Matrix<T>, input: &StudentInput, train: bool) -> Matrix<T> {
+    /// `dropout_rng` is `Some` in training: dropout applies, drawing its masks from it.
+    pub fn forward<T: Tape<f32, Cpu>>(&self, embedder: Matrix<T>, input: &StudentInput, dropout_rng: Option<&DropoutRng>) -> Matrix<T> {
         let dev = embedder.device().clone();
         let tokens = &input.tokens;
         let ids = dev.tensor_from_vec(tokens.ids.clone(), (tokens.ids.len(),));
         let x: Matrix<T> = embedder.gather(ids);
-        let x = self.maybe_dropout(x, train);
+        let x = self.maybe_dropout(x, dropout_rng);
         let encoded = bilstm_final_states(x, &tokens.packing, &self.lstm_forward, &self.lstm_backward);
-        self.head(encoded, input.examples, train)
+        self.head(encoded, input.examples, dropout_rng)
     }
 
     /// Encoder output `[rows, 2H]` → logits: pair features, dropout, tanh(fc), output layer.
-    fn head<T: Tape<f32, Cpu>>(&self, encoded: Matrix<T>, examples: usize, train: bool) -> Matrix<T> {
+    fn head<T: Tape<f32, Cpu>>(&self, encoded: Matrix<T>, examples: usize, dropout_rng: Option<&DropoutRng>) -> Matrix<T> {
         let features = match self.shape.pair_features {
             None => encoded,
             Some(mode) => pair_features(encoded, examples, mode),
         };
-        let features = self.maybe_dropout(features, train);
+        let features = self.maybe_dropout(features, dropout_rng);
         let hidden = self.fc.forward(features).tanh();
         self.output_layer.forward(hidden)
     }
 
-    /// Logits with dropout and a gradient tape.
-    pub fn forward_train(&self, input: &StudentInput) -> Matrix<OwnedTape<f32, Cpu>> {
-        self.forward(self.embedder.leaky_trace(), input, true)
+    /// Logits with dropout (masks drawn from `dropout_rng`) and a gradient tape.
+    pub fn forward_train(&self, input: &StudentInput, dropout_rng: &DropoutRng) -> Matrix<OwnedTape<f32, Cpu>> {
+        self.forward(self.embedder.leaky_trace(), input, Some(dropout_rng))
     }
 
     /// Logits for evaluation and prediction: no dropout, no tape, and the input projections
@@ -173,19 +175,18 @@ impl BiLstmStudent {
             bilstm_final_states_cached(&tokens.ids, &tokens.packing, &self.embedder, &self.lstm_forward, &self.lstm_backward, cache)
         };
         let encoded = self.embedder.device().tensor_from_vec(encoded, (tokens.rows(), 2 * self.shape.hidden_size));
-        self.head(encoded, input.examples, false).as_vec()
+        self.head(encoded, input.examples, None).as_vec()
     }
 
     /// Logits through the plain graph (the path training uses), without the cache.
     pub fn predict_logits_uncached(&self, input: &StudentInput) -> Vec<f32> {
-        self.forward(self.embedder.clone(), input, false).as_vec()
+        self.forward(self.embedder.clone(), input, None).as_vec()
     }
 
-    fn maybe_dropout<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, train: bool) -> Matrix<T> {
-        if train && self.dropout > 0.0 {
-            x.dropout(self.dropout)
-        } else {
-            x
+    fn maybe_dropout<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, dropout_rng: Option<&DropoutRng>) -> Matrix<T> {
+        match dropout_rng {
+            Some(rng) if self.dropout > 0.0 => dropout(x, self.dropout, rng),
+            _ => x,
         }
     }
 

@@ -287,11 +287,34 @@ pub fn safetensors_bytes(
 /// A tensor to serialise: name, dtype, dims and its little-endian bytes.
 pub type NamedTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
 
-/// A safetensors file of `tensors`; their byte lengths must match dtype and dims.
+/// The metadata key under which [`serialize_tensors`] records the tensors' [`content_hash`],
+/// so that a file about to be reused can be checked to be the one written.
+pub const CONTENT_HASH_KEY: &str = "distill.sha256";
+
+/// SHA-256 over the tensors' names and bytes in name order (independent of file layout).
+pub fn content_hash<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<(&str, &[u8])> = tensors.into_iter().collect();
+    sorted.sort_by_key(|(name, _)| *name);
+    let mut hasher = Sha256::new();
+    for (name, bytes) in sorted {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A safetensors file of `tensors`, with their [`content_hash`] in the metadata; their byte
+/// lengths must match dtype and dims.
 pub fn serialize_tensors(
     tensors: &[NamedTensor],
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> anyhow::Result<Vec<u8>> {
+    let mut metadata = metadata.unwrap_or_default();
+    metadata.insert(CONTENT_HASH_KEY.into(), content_hash(tensors.iter().map(|(name, _, _, bytes)| (name.as_str(), bytes.as_slice()))));
+    let metadata = Some(metadata);
     let views = tensors
         .iter()
         .map(|(name, dtype, dims, bytes)| Ok((name.clone(), safetensors::tensor::TensorView::new(*dtype, dims.clone(), bytes)?)))

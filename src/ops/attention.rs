@@ -8,6 +8,7 @@
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
+use super::dropout::DropoutRng;
 use super::Matrix;
 use super::matmul::{matmul, MatRef};
 use super::simd::exp_fast;
@@ -52,7 +53,8 @@ impl AttentionShape {
     }
 }
 
-/// `softmax(q·kᵀ/√d + mask)·v` per head, with dropout `p` on the attention probabilities.
+/// `softmax(q·kᵀ/√d + mask)·v` per head, with dropout `(p, masks' stream)` on the attention
+/// probabilities.
 /// `q`, `k`, `v` are `[batch·seq, hidden]` (heads side by side, as HF lays them out);
 /// `mask` is `[batch, seq]`, added to every query row (0 = attend, -1e9 = padding).
 pub fn attention<T: Tape<f32, Cpu> + Merge<T>>(
@@ -61,7 +63,7 @@ pub fn attention<T: Tape<f32, Cpu> + Merge<T>>(
     v: Matrix<T>,
     mask: &[f32],
     shape: AttentionShape,
-    dropout: f32,
+    dropout: Option<(f32, &DropoutRng)>,
 ) -> Matrix<T> {
     let AttentionShape { batch, seq, heads, head_dim } = shape;
     let hidden = shape.hidden();
@@ -74,9 +76,8 @@ pub fn attention<T: Tape<f32, Cpu> + Merge<T>>(
     let dev = q.device().clone();
     let (qs, ks, vs) = (crate::models::layers::contiguous_values(&q), crate::models::layers::contiguous_values(&k), crate::models::layers::contiguous_values(&v));
     // Dropout keeps a probability with chance 1 − p and scales it by 1/(1 − p).
-    let keep_scale: Option<Vec<f32>> = (dropout > 0.0).then(|| {
-        let uniform: Vec<f32> = dev.sample_uniform_like(&(batch * heads * seq * seq,)).as_vec();
-        uniform.into_iter().map(|u| if u < dropout { 0.0 } else { 1.0 / (1.0 - dropout) }).collect()
+    let keep_scale: Option<Vec<f32>> = dropout.map(|(p, rng)| {
+        rng.uniform(batch * heads * seq * seq).into_iter().map(|u| if u < p { 0.0 } else { 1.0 / (1.0 - p) }).collect()
     });
     let (out, probs) = attention_values(&qs, &ks, &vs, mask, shape, keep_scale.as_deref());
     let scale = 1.0 / (head_dim as f32).sqrt();

@@ -1,10 +1,11 @@
 //! The matrix types and the low-level ops the models are built from: GEMMs (`matmul`,
 //! `packed` for reduced precision), run-time SIMD dispatch (`simd`), the fused LSTM cell
-//! (`cell`) and attention as one tape node (`attention`). Model structure (which layer feeds
+//! (`cell`), dropout from a stream checkpoints can save (`dropout`) and attention as one tape node (`attention`). Model structure (which layer feeds
 //! which, parameter names) lives in `crate::models`.
 
 pub mod attention;
 pub mod cell;
+pub mod dropout;
 pub mod matmul;
 pub mod packed;
 pub mod simd;

@@ -3,6 +3,7 @@
 
 pub mod batches;
 pub mod distill;
+pub mod resume;
 pub mod stage_key;
 pub mod student;
 pub mod teacher;
@@ -147,8 +148,16 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
             Stage::Teacher => Some(crate::files::lock(&teacher::teacher_dir(&ctx.experiment).with_extension("lock"), "the shared teacher")?),
             _ => None,
         };
-        if !force {
+        // Where the stage writes (its resume checkpoint lies beside it).
+        let stage_dir = match stage {
+            Stage::Teacher => teacher::teacher_dir(&ctx.experiment),
+            _ => ctx.run_dir.join(stage.name()),
+        };
+        if force {
+            resume::remove_checkpoint(&stage_dir)?;
+        } else {
             if let Some(row) = finished_stage(&marker)? {
+                resume::remove_checkpoint(&stage_dir)?;
                 // The marker is written before the row: a kill between them left the row out.
                 append_result(&ctx.results_csv, &row)?;
                 eprintln!(
@@ -162,6 +171,7 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
                 continue;
             }
             if let Some(found) = find_finished(&ctx.experiment, stage) {
+                resume::remove_checkpoint(&stage_dir)?;
                 rows.push(ctx.reuse(stage, found)?);
                 continue;
             }
@@ -175,6 +185,7 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
         // the rerun above, and never gives a second row.
         write_atomic(&marker, serde_json::to_string_pretty(&row)?.as_bytes())?;
         append_result(&ctx.results_csv, &row)?;
+        resume::remove_checkpoint(&stage_dir)?;
         crate::plots::learning_curves(&ctx.run_dir)?;
         eprintln!(
             "{} {:?}: dev accuracy {:.4}, F1 {:.4}; {:.0} s; results in {}",

@@ -106,7 +106,14 @@ pub fn find_finished(exp: &Experiment, stage: Stage) -> Option<FinishedStage> {
         return finished_teacher(&dir).ok().flatten().map(|row| FinishedStage { row, dir });
     }
     let key = stage_key(exp, stage);
-    finished_runs(&expand_path(&exp.out_dir), stage).into_iter().find(|(k, _)| *k == key).map(|(_, found)| found)
+    finished_runs(&expand_path(&exp.out_dir), stage).into_iter().filter(|(k, _)| *k == key).map(|(_, found)| found).find(|found| {
+        let weights = found.dir.join("model.safetensors");
+        let intact = crate::files::safetensors_intact(&weights);
+        if !intact {
+            eprintln!("{}: missing, truncated or damaged; that finished {} stage is not reused", weights.display(), stage.name());
+        }
+        intact
+    })
 }
 
 /// Every finished `stage` under `out_dir` with its key, newest first. Run dirs whose config

@@ -10,6 +10,7 @@ use rand_distr::{Distribution, Normal};
 
 use super::batches::shuffled_batches;
 use super::training_loop::{run_training_loop, LoopSettings, Trainee};
+use super::resume::checkpoint_dir;
 use super::{load_splits, RunContext};
 use crate::backend::StudentBackend;
 use crate::config::{expand_path, Experiment, TrainingSettings};
@@ -131,7 +132,7 @@ pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, t
         checkpoint: &checkpoint,
         teacher_rows: Vec::new(),
     };
-    let loop_settings = LoopSettings::new(stage, cfg, train_set.len());
+    let loop_settings = LoopSettings::new(stage, cfg, train_set.len(), checkpoint_dir(&student_dir));
     let rng = &mut setup.rng;
     let outcome = run_training_loop(&loop_settings, &mut trainee, || shuffled_batches(train_set.len(), cfg.batch_size, rng), &mut log)?;
 
@@ -172,6 +173,14 @@ impl Trainee for StudentTrainee<'_> {
 
     fn save_best(&mut self) -> Result<()> {
         self.backend.host_model()?.save(self.checkpoint)
+    }
+
+    fn save_state(&mut self, path: &std::path::Path) -> Result<bool> {
+        self.backend.save_state(path)
+    }
+
+    fn load_state(&mut self, path: &std::path::Path) -> Result<()> {
+        self.backend.load_state(path)
     }
 }
 

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::batches::bucketed_batches;
 use super::training_loop::{run_training_loop, LoopSettings, Trainee};
+use super::resume::{checkpoint_dir, remove_checkpoint, TrainingState};
 use super::{load_splits, RunContext};
 use crate::backend::TeacherBackend;
 use crate::config::{expand_path, DataConfig, DeviceName, Experiment, TaskName, TeacherConfig};
@@ -24,6 +25,7 @@ use crate::files::write_atomic;
 use crate::inference::{evaluate_teacher, Evaluation};
 use crate::loss::{self, Targets};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
+use crate::ops::dropout::DropoutRng;
 use crate::ops::packed::Precision;
 use crate::optim::{warmup_linear_lr, Optimizer};
 use crate::report::{MetricsLog, ResultRow};
@@ -85,6 +87,7 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
     let mut trainee = TeacherTrainee {
         model: &mut model,
         optimizer,
+        dropout_rng: DropoutRng::new(exp.seed),
         trainable: vec![true; names.len()],
         cfg,
         train_set: &train_set,
@@ -95,7 +98,7 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
         warmup: (cfg.warmup_ratio * total_steps as f64).ceil() as usize,
         total_steps,
     };
-    let settings = LoopSettings::new("teacher", &cfg.training(), train_set.len());
+    let settings = LoopSettings::new("teacher", &cfg.training(), train_set.len(), checkpoint_dir(&teacher_dir));
     let outcome = run_training_loop(&settings, &mut trainee, || bucketed_batches(&lengths, cfg.batch_size, &mut rng), &mut log)?;
     let (best_epoch, dev_metrics) = (outcome.best_epoch, outcome.dev);
     // Reload the kept dir: checks that it round-trips and times inference on an idle model.
@@ -112,6 +115,7 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
     eprintln!("teacher saved to {} (an HF model dir)", teacher_dir.display());
     let row = ctx.result_row("teacher", num_params, best_epoch, dev_metrics, outcome.train_time_s, outcome.sentences_seen, check.sentences_per_s);
     write_atomic(&teacher_dir.join(RESULT_FILE), serde_json::to_string_pretty(&row)?.as_bytes())?;
+    remove_checkpoint(&teacher_dir)?;
     Ok(row)
 }
 
@@ -119,6 +123,7 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
 struct TeacherTrainee<'a> {
     model: &'a mut BertForSequenceClassification,
     optimizer: Optimizer,
+    dropout_rng: DropoutRng,
     trainable: Vec<bool>,
     cfg: &'a TeacherConfig,
     train_set: &'a TeacherSet,
@@ -135,7 +140,7 @@ impl Trainee for TeacherTrainee<'_> {
         self.optimizer.set_lr(warmup_linear_lr(self.cfg.lr, step, self.warmup, self.total_steps));
         let input = self.train_set.input(batch, self.pad_id);
         let labels: Vec<usize> = batch.iter().map(|&i| self.train_set.labels[i]).collect();
-        Ok(teacher_step(self.model, &mut self.optimizer, &self.trainable, &input, &labels, self.cfg.max_grad_norm as f32))
+        Ok(teacher_step(self.model, &mut self.optimizer, &self.dropout_rng, &self.trainable, &input, &labels, self.cfg.max_grad_norm as f32))
     }
 
     fn evaluate(&mut self) -> Result<Evaluation> {
@@ -146,20 +151,30 @@ impl Trainee for TeacherTrainee<'_> {
     fn save_best(&mut self) -> Result<()> {
         self.model.save(self.dir, self.labels)
     }
+
+    fn save_state(&mut self, path: &Path) -> Result<bool> {
+        TrainingState { params: &mut self.model.params_mut(), optimizer: &mut self.optimizer, dropout_rng: &self.dropout_rng }.save(path)?;
+        Ok(true)
+    }
+
+    fn load_state(&mut self, path: &Path) -> Result<()> {
+        TrainingState { params: &mut self.model.params_mut(), optimizer: &mut self.optimizer, dropout_rng: &self.dropout_rng }.load(path)
+    }
 }
 
-/// One optimizer step of the teacher on a batch (cross-entropy on gold labels; the global
-/// gradient norm clipped to `max_grad_norm` when it is > 0); returns the loss. A non-finite
-/// loss makes no update.
+/// One optimizer step of the teacher on a batch (cross-entropy on gold labels, dropout masks
+/// from `dropout_rng`; the global gradient norm clipped to `max_grad_norm` when it is > 0);
+/// returns the loss. A non-finite loss makes no update.
 pub fn teacher_step(
     model: &mut BertForSequenceClassification,
     optimizer: &mut Optimizer,
+    dropout_rng: &DropoutRng,
     trainable: &[bool],
     input: &BertInput,
     labels: &[usize],
     max_grad_norm: f32,
 ) -> f64 {
-    let value = loss::loss(model.forward_train(input), labels, &Targets::Gold);
+    let value = loss::loss(model.forward_train(input, dropout_rng), labels, &Targets::Gold);
     optimizer.minimize(value, model.params_mut(), trainable, &[], max_grad_norm)
 }
 
@@ -190,8 +205,8 @@ pub fn finished_teacher(dir: &Path) -> Result<Option<ResultRow>> {
     if !path.is_file() || !weights.is_file() {
         return Ok(None);
     }
-    if !crate::files::safetensors_complete(&weights) {
-        eprintln!("{}: truncated or not safetensors; the teacher is not reused and trains again", weights.display());
+    if !crate::files::safetensors_intact(&weights) {
+        eprintln!("{}: truncated, damaged or not safetensors; the teacher is not reused and trains again", weights.display());
         return Ok(None);
     }
     let text = std::fs::read_to_string(&path)?;

@@ -2,12 +2,15 @@
 //! evaluation on dev at the end of each epoch (and every `eval_every` steps), the best
 //! evaluation's weights kept as the stage's checkpoint, a metrics row per evaluation and a
 //! progress line. A stage supplies only its [`Trainee`] (how to take a step, evaluate and
-//! save) and its batch order. Checkpoints and resume inside a stage belong here.
+//! save) and its batch order. At each evaluation the loop also keeps a resume checkpoint
+//! (see [`super::resume`]); a rerun continues from the last one.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 
+use super::resume::{Checkpoint, LoopState};
 use crate::config::TrainingSettings;
 use crate::inference::Evaluation;
 use crate::metrics::Metrics;
@@ -23,6 +26,11 @@ pub trait Trainee {
     fn evaluate(&mut self) -> Result<Evaluation>;
     /// Saves the current weights as the stage's best checkpoint.
     fn save_best(&mut self) -> Result<()>;
+    /// Writes what a resumed run needs besides the loop's counters (weights, optimizer state,
+    /// dropout stream) to `path`; false where the device cannot, and nothing was written.
+    fn save_state(&mut self, path: &Path) -> Result<bool>;
+    /// Continues from a file [`Trainee::save_state`] wrote.
+    fn load_state(&mut self, path: &Path) -> Result<()>;
 }
 
 pub struct LoopSettings<'a> {
@@ -35,11 +43,14 @@ pub struct LoopSettings<'a> {
     pub eval_every: usize,
     /// What to change when the loss stops being finite, for the error message.
     pub advice: String,
+    /// Where the resume checkpoint is kept.
+    pub checkpoint_dir: PathBuf,
 }
 
 impl<'a> LoopSettings<'a> {
-    /// The loop of `stage` trained with its section's `training` settings over `rows` rows.
-    pub fn new(stage: &'a str, training: &TrainingSettings, rows: usize) -> LoopSettings<'a> {
+    /// The loop of `stage` trained with its section's `training` settings over `rows` rows,
+    /// keeping its resume checkpoint in `checkpoint_dir`.
+    pub fn new(stage: &'a str, training: &TrainingSettings, rows: usize, checkpoint_dir: PathBuf) -> LoopSettings<'a> {
         let advice = if training.max_grad_norm > 0.0 {
             format!("lower {stage}.lr")
         } else {
@@ -51,6 +62,7 @@ impl<'a> LoopSettings<'a> {
             steps_per_epoch: rows.div_ceil(training.batch_size),
             eval_every: training.eval_every,
             advice,
+            checkpoint_dir,
         }
     }
 }
@@ -65,8 +77,13 @@ pub struct LoopOutcome {
     pub sentences_seen: usize,
 }
 
+/// Test hook: stop with an error after this many evaluations (their checkpoints written), as
+/// a kill would, so that tests can resume.
+const STOP_AFTER_EVALUATIONS: &str = "DISTILL_STOP_AFTER_EVALUATIONS";
+
 /// Trains `trainee` for `settings.epochs` epochs; `epoch_batches` gives each epoch's batches
-/// of training-row indices. Keeps the checkpoint of the best dev accuracy (the first of ties).
+/// of training-row indices (the same sequence on every run, so that a resumed run can replay
+/// it to find its place). Keeps the checkpoint of the best dev accuracy (the first of ties).
 pub fn run_training_loop(
     settings: &LoopSettings,
     trainee: &mut impl Trainee,
@@ -75,39 +92,66 @@ pub fn run_training_loop(
 ) -> Result<LoopOutcome> {
     let stage = settings.stage;
     let total_steps = settings.steps_per_epoch * settings.epochs;
+    let checkpoint = Checkpoint { dir: settings.checkpoint_dir.clone() };
+    let mut state = LoopState { steps_per_epoch: settings.steps_per_epoch, epochs: settings.epochs, ..LoopState::default() };
+    let mut stage_rows = Vec::new();
+    match checkpoint.load(settings.steps_per_epoch, settings.epochs, |path| trainee.load_state(path)) {
+        Ok(Some(resumed)) => {
+            eprintln!("{stage}: resuming after step {} of {total_steps} from {}", resumed.state.step, checkpoint.dir.display());
+            state = resumed.state;
+            log.restore(resumed.rows.clone())?;
+            stage_rows = resumed.rows;
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("{stage}: the checkpoint in {} cannot be used ({e:#}); the stage starts over", checkpoint.dir.display()),
+    }
+    let stop_after: Option<usize> = std::env::var(STOP_AFTER_EVALUATIONS).ok().and_then(|v| v.parse().ok());
+    let mut evaluations = 0usize;
     let bar = progress_bar(total_steps as u64, stage);
+    bar.inc(state.step as u64);
     let start = Instant::now();
-    let mut train_time_s = 0f64;
-    let mut sentences_seen = 0usize;
-    let mut best: Option<(usize, Metrics)> = None;
+    let elapsed_before = state.elapsed_s;
     let mut step = 0usize;
     for epoch in 1..=settings.epochs {
         let epoch_start = Instant::now();
+        // Drawn even for epochs a resumed run skips: the shuffles advance the same stream.
         let batches = epoch_batches();
-        let mut epoch_loss = 0f64;
-        for (index, batch) in batches.iter().enumerate() {
+        if step + batches.len() <= state.step {
+            step += batches.len();
+            continue;
+        }
+        let done_here = state.step - step;
+        if done_here == 0 {
+            state.epoch_loss = 0.0;
+        }
+        step += done_here;
+        for (index, batch) in batches.iter().enumerate().skip(done_here) {
             let t0 = Instant::now();
             step += 1;
             let loss = trainee.train_step(batch, step)?;
             if !loss.is_finite() {
                 bail!("the {stage} stage's training loss became {loss} at step {step}; {}", settings.advice);
             }
-            train_time_s += t0.elapsed().as_secs_f64();
-            sentences_seen += batch.len();
-            epoch_loss += loss;
+            state.step = step;
+            state.train_time_s += t0.elapsed().as_secs_f64();
+            state.sentences_seen += batch.len();
+            state.epoch_loss += loss;
             bar.inc(1);
             let end_of_epoch = index + 1 == batches.len();
             if !(end_of_epoch || (settings.eval_every > 0 && step.is_multiple_of(settings.eval_every))) {
                 continue;
             }
-            let train_loss = epoch_loss / (index + 1) as f64;
+            let train_loss = state.epoch_loss / (index + 1) as f64;
             let eval = bar.suspend(|| trainee.evaluate())?;
             if !eval.loss.is_finite() {
                 // A finite training loss but non-finite dev outputs: the weights went bad.
                 bail!("the {stage} stage's dev loss became {} at step {step}: the weights are no longer finite; {}", eval.loss, settings.advice);
             }
-            log.push_evaluation(stage, step, epoch, train_loss, eval.loss, eval.metrics, start.elapsed().as_secs_f64())?;
-            let improved = best.as_ref().is_none_or(|(_, m)| eval.metrics.accuracy > m.accuracy);
+            state.elapsed_s = elapsed_before + start.elapsed().as_secs_f64();
+            let rows_before = log.rows().len();
+            log.push_evaluation(stage, step, epoch, train_loss, eval.loss, eval.metrics, state.elapsed_s)?;
+            stage_rows.extend_from_slice(&log.rows()[rows_before..]);
+            let improved = state.best_metrics().is_none_or(|(_, m)| eval.metrics.accuracy > m.accuracy);
             let line = format!(
                 "{stage} epoch {epoch} step {step}/{total_steps}: train loss {train_loss:.4}, dev loss {:.4}, dev acc {:.4}, F1 {:.4}{}{}",
                 eval.loss,
@@ -119,11 +163,18 @@ pub fn run_training_loop(
             bar.suspend(|| eprintln!("{line}"));
             if improved {
                 trainee.save_best()?;
-                best = Some((epoch, eval.metrics));
+                state.set_best(epoch, eval.metrics);
+            }
+            if !checkpoint.save(&state, &stage_rows, |path| trainee.save_state(path))? && evaluations == 0 {
+                bar.suspend(|| eprintln!("note: {stage}: this device keeps no resume checkpoint; an interrupted stage starts over"));
+            }
+            evaluations += 1;
+            if stop_after == Some(evaluations) {
+                bail!("{stage}: stops here ({STOP_AFTER_EVALUATIONS}={evaluations})");
             }
         }
     }
     bar.finish_and_clear();
-    let (best_epoch, dev) = best.ok_or_else(|| anyhow::anyhow!("{stage}: no training data, so nothing was evaluated"))?;
-    Ok(LoopOutcome { best_epoch, dev, train_time_s, sentences_seen })
+    let (best_epoch, dev) = state.best_metrics().ok_or_else(|| anyhow::anyhow!("{stage}: no training data, so nothing was evaluated"))?;
+    Ok(LoopOutcome { best_epoch, dev, train_time_s: state.train_time_s, sentences_seen: state.sentences_seen })
 }

@@ -1,6 +1,6 @@
 //! Shared by the test binaries that need the real pretrained assets.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The all-MiniLM-L6-v2 dir from `scripts/setup`, or `None` (with a "skipped" line) without it.
 pub fn minilm() -> Option<PathBuf> {
@@ -11,4 +11,56 @@ pub fn minilm() -> Option<PathBuf> {
         eprintln!("skipped: {} is missing; run scripts/setup", dir.display());
         None
     }
+}
+
+/// A small real experiment with all three stages on an SST-2 slice, several evaluations per
+/// stage and a teacher pass of two segments (for the resume tests).
+#[allow(dead_code)]
+pub fn small_experiment(model: &Path, out: &Path) -> String {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/SST-2");
+    format!(
+        r#"name = "resume"
+task = "sst2"
+stages = ["teacher", "student", "distill"]
+out_dir = "{out}"
+[data]
+dir = "{data}"
+train_limit = 48
+dev_limit = 32
+[vocab]
+kind = "wordpiece"
+tokenizer = "{model}"
+[teacher]
+model = "{model}"
+max_seq_len = 32
+batch_size = 16
+lr = 5e-5
+epochs = 2
+eval_every = 2
+[augment]
+p_mask = 0.1
+n_iter = 1
+[student]
+embedding_dim = 16
+hidden_size = 16
+dropout = 0.1
+optimizer = "adadelta"
+lr = 1.0
+batch_size = 16
+epochs = 2
+eval_every = 2
+[distill]
+alpha = 0.5
+optimizer = "adadelta"
+lr = 1.0
+batch_size = 16
+epochs = 2
+eval_every = 3
+dropout = 0.1
+teacher_batch_size = 1
+"#,
+        out = out.display(),
+        data = data.display(),
+        model = model.display()
+    )
 }
