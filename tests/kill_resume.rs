@@ -1,7 +1,7 @@
-//! `kill -9` at random moments of a small real experiment (teacher, the teacher's pass over
-//! the transfer set, student and distill stages): every rerun continues, and the finished
-//! run has one `results.csv` row per stage and the uninterrupted run's figures exactly.
-//! CI kills 4 times; `DISTILL_KILLS=20` (or more) is the long run.
+//! `kill -9` of a small real experiment at a random moment of each phase (teacher, student,
+//! the teacher's pass over the transfer set, distill): every rerun continues, and the
+//! finished run has one `results.csv` row per stage and the uninterrupted run's figures
+//! exactly. CI kills once per phase; `DISTILL_KILLS=20` (or more) is the long run.
 
 mod common;
 
@@ -28,13 +28,17 @@ fn figures(rows: &[ResultRow]) -> Vec<(String, u64, u64, usize)> {
     rows.iter().map(|r| (r.stage.clone(), r.dev_accuracy.to_bits(), r.dev_f1.to_bits(), r.best_epoch)).collect()
 }
 
-/// What the killed process was doing, from the last line of its log that says.
+/// The phases of a run, in order.
+const PHASES: [&str; 4] = ["teacher", "student", "teacher pass", "distill"];
+
+/// What the process is doing, from the last line of its log that says.
 fn phase(log: &Path) -> &'static str {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    // A stage's "resume Stage:" line says it finished, so the next one had begun.
+    // A stage's "resume Stage:" line says it finished, so the next one had begun (the distill
+    // stage's set-up before its teacher pass counts as the student's phase).
     let phases = [
         ("resume Distill", "distill"),
-        ("resume Student", "distill"),
+        ("resume Student", "student"),
         ("resume Teacher", "student"),
         ("transfer set:", "teacher pass"),
         ("teacher inference", "teacher pass"),
@@ -63,6 +67,8 @@ fn runs_killed_at_random_moments_finish_with_the_uninterrupted_figures() {
     let whole_s = t0.elapsed().as_secs_f64();
     let whole = figures(&read_results(&whole_dir.path().join("results.csv")).unwrap());
 
+    // Each round kills once in each phase, in order: when the log shows the phase began,
+    // after a random 0–400 ms; then lets the last rerun finish.
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
     let mut kills: Vec<&str> = Vec::new();
     let mut rounds = 0;
@@ -72,27 +78,25 @@ fn runs_killed_at_random_moments_finish_with_the_uninterrupted_figures() {
         let file = dir.path().join("small.toml");
         std::fs::write(&file, common::small_experiment(&model, dir.path())).unwrap();
         let log = dir.path().join("log");
-        loop {
+        for target in PHASES.iter().map(Some).chain([None]) {
             let mut child = run(&file, &log);
-            // Uniform over the whole run's length: early kills land in start-up and the
-            // teacher, late ones in the distill stage, once the earlier stages are done.
-            let at = Duration::from_secs_f64(rng.gen_range(0.05..1.0) * whole_s);
-            let start = Instant::now();
-            let finished = loop {
+            let mut kill_at: Option<Instant> = None;
+            loop {
                 if let Some(status) = child.try_wait().unwrap() {
                     assert!(status.success(), "a resumed run failed: {}", std::fs::read_to_string(&log).unwrap());
-                    break true;
+                    break;
                 }
-                if start.elapsed() >= at {
+                let reached = target.is_some_and(|t| PHASES.iter().position(|p| p == t) <= PHASES.iter().position(|p| *p == phase(&log)));
+                if reached && kill_at.is_none() {
+                    kill_at = Some(Instant::now() + Duration::from_millis(rng.gen_range(0..400)));
+                }
+                if kill_at.is_some_and(|at| Instant::now() >= at) {
                     child.kill().unwrap(); // SIGKILL
                     child.wait().unwrap();
                     kills.push(phase(&log));
-                    break false;
+                    break;
                 }
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            if finished {
-                break;
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         let rows = read_results(&dir.path().join("results.csv")).unwrap();
