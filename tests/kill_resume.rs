@@ -16,6 +16,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_distill");
 
 fn run(file: &Path, log: &Path) -> std::process::Child {
     Command::new(BIN)
+        // A checkpoint after every step, so that a kill anywhere resumes from the step before.
+        .env("DISTILL_CHECKPOINT_EVERY_S", "0")
         .arg("run")
         .arg(file)
         .stdout(Stdio::null())

@@ -1,5 +1,5 @@
-//! Resume inside a stage. At each evaluation the training loop keeps a checkpoint beside the
-//! stage's folder (`STAGE_DIR.resume/`, written whole or not at all): the trainee's weights,
+//! Resume inside a stage. At each evaluation (and every 10 minutes of training between them)
+//! the training loop keeps a checkpoint beside the stage's folder (`STAGE_DIR.resume/`, written whole or not at all): the trainee's weights,
 //! optimizer moments and dropout stream (`state.safetensors`), the loop's counters
 //! (`loop.json`) and the stage's metrics rows so far (`metrics.csv`). A rerun continues from
 //! it — the batch order is replayed from the seed, so nothing else needs saving — and ends

@@ -77,6 +77,13 @@ pub struct LoopOutcome {
     pub sentences_seen: usize,
 }
 
+/// The longest training time between two resume checkpoints: 10 minutes, or
+/// `DISTILL_CHECKPOINT_EVERY_S` seconds.
+fn checkpoint_interval() -> std::time::Duration {
+    let seconds = std::env::var("DISTILL_CHECKPOINT_EVERY_S").ok().and_then(|v| v.parse::<f64>().ok()).filter(|s| *s >= 0.0);
+    std::time::Duration::from_secs_f64(seconds.unwrap_or(600.0))
+}
+
 /// Test hook: stop with an error after this many evaluations (their checkpoints written), as
 /// a kill would, so that tests can resume.
 const STOP_AFTER_EVALUATIONS: &str = "DISTILL_STOP_AFTER_EVALUATIONS";
@@ -111,6 +118,8 @@ pub fn run_training_loop(
     bar.inc(state.step as u64);
     let start = Instant::now();
     let elapsed_before = state.elapsed_s;
+    let mut last_checkpoint = Instant::now();
+    let checkpoint_interval = checkpoint_interval();
     let mut step = 0usize;
     for epoch in 1..=settings.epochs {
         let epoch_start = Instant::now();
@@ -139,6 +148,13 @@ pub fn run_training_loop(
             bar.inc(1);
             let end_of_epoch = index + 1 == batches.len();
             if !(end_of_epoch || (settings.eval_every > 0 && step.is_multiple_of(settings.eval_every))) {
+                // Long epochs (an SST-2 teacher epoch is ~17 minutes here) also keep a
+                // checkpoint every so often between evaluations.
+                if last_checkpoint.elapsed() >= checkpoint_interval {
+                    state.elapsed_s = elapsed_before + start.elapsed().as_secs_f64();
+                    checkpoint.save(&state, &stage_rows, |path| trainee.save_state(path))?;
+                    last_checkpoint = Instant::now();
+                }
                 continue;
             }
             let train_loss = state.epoch_loss / (index + 1) as f64;
@@ -168,6 +184,7 @@ pub fn run_training_loop(
             if !checkpoint.save(&state, &stage_rows, |path| trainee.save_state(path))? && evaluations == 0 {
                 bar.suspend(|| eprintln!("note: {stage}: this device keeps no resume checkpoint; an interrupted stage starts over"));
             }
+            last_checkpoint = Instant::now();
             evaluations += 1;
             if stop_after == Some(evaluations) {
                 bail!("{stage}: stops here ({STOP_AFTER_EVALUATIONS}={evaluations})");
