@@ -1,7 +1,8 @@
 //! The matrix types and the low-level ops the models are built from: GEMMs (`matmul`,
 //! `packed` for reduced precision), run-time SIMD dispatch (`simd`), the fused LSTM cell
-//! (`cell`), dropout from a stream checkpoints can save (`dropout`) and attention as one tape node (`attention`). Model structure (which layer feeds
-//! which, parameter names) lives in `crate::models`.
+//! (`cell`), dropout from a stream checkpoints can save (`dropout`) and attention as one
+//! tape node (`attention`). Model structure (which layer feeds which, parameter names) lives
+//! in `crate::models`.
 
 pub mod attention;
 pub mod cell;

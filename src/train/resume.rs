@@ -1,10 +1,11 @@
 //! Resume inside a stage. At each evaluation (and every 10 minutes of training between them)
-//! the training loop keeps a checkpoint beside the stage's folder (`STAGE_DIR.resume/`, written whole or not at all): the trainee's weights,
-//! optimizer moments and dropout stream (`state.safetensors`), the loop's counters
-//! (`loop.json`) and the stage's metrics rows so far (`metrics.csv`). A rerun continues from
-//! it — the batch order is replayed from the seed, so nothing else needs saving — and ends
-//! with the metrics an uninterrupted run has, bit for bit on the same machine. The
-//! checkpoint is removed once the stage's result is written.
+//! the training loop keeps a checkpoint beside the stage's folder (`STAGE_DIR.resume/`,
+//! written whole or not at all): the trainee's weights, optimizer moments and dropout stream
+//! (`state.safetensors`), the loop's counters (`loop.json`) and the stage's metrics rows so
+//! far (`metrics.csv`). A rerun continues from it — the batch order is replayed from the
+//! seed, so nothing else needs saving — and ends with the metrics an uninterrupted run has,
+//! bit for bit on the same machine. The checkpoint is removed once the stage's result is
+//! written.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,7 +110,7 @@ fn f32_values(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
 }
 
-/// The training loop's counters at an evaluation. Floats are kept as their bits: JSON text
+/// The training loop's counters at a checkpoint. Floats are kept as their bits: JSON text
 /// need not read back to the same float, and a resumed run must add up to the same sums.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LoopState {

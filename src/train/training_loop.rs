@@ -2,8 +2,8 @@
 //! evaluation on dev at the end of each epoch (and every `eval_every` steps), the best
 //! evaluation's weights kept as the stage's checkpoint, a metrics row per evaluation and a
 //! progress line. A stage supplies only its [`Trainee`] (how to take a step, evaluate and
-//! save) and its batch order. At each evaluation the loop also keeps a resume checkpoint
-//! (see [`super::resume`]); a rerun continues from the last one.
+//! save) and its batch order. At each evaluation (and every 10 minutes between them) the
+//! loop also keeps a resume checkpoint (see [`super::resume`]); a rerun continues from it.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
