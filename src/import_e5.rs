@@ -126,6 +126,9 @@ impl<'a> E5Container<'a> {
         }
         let n = c.size("piece count", 1 << 24)?;
         let ids: Vec<usize> = (0..4).map(|_| c.size("special token id", n)).collect::<Result<_>>()?;
+        if let Some(id) = ids.iter().find(|&&id| id >= n) {
+            bail!("{file}: corrupt container: special token id {id} is not below the piece count {n}");
+        }
         let blob_len = c.u64("piece bytes length")? as usize;
         let offsets: Vec<usize> = (0..=n).map(|_| c.u32("piece offset").map(|v| v as usize)).collect::<Result<_>>()?;
         let scores: Vec<f32> = (0..n).map(|_| c.f32("piece score")).collect::<Result<_>>()?;

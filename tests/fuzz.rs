@@ -276,6 +276,12 @@ fn e5_containers_convert_or_refuse() {
     let seed = tiny_e5_container();
     let files = convert(&E5Container::parse(&seed, "seed").unwrap(), "seed").expect("the seed container converts");
     assert_eq!(files.tokenizer.encode("the film", true).unwrap().get_ids(), [0, 4, 5, 2], "the seed's tokenizer works");
+    // Found by this fuzzer: a special token id equal to the piece count (here the unk id, at
+    // byte 60 after the 44-byte header and the piece count) indexed past the pieces.
+    let mut bad = seed.clone();
+    bad[60..64].copy_from_slice(&8i32.to_le_bytes());
+    let e = E5Container::parse(&bad, "bad").err().expect("refused").to_string();
+    assert!(e.contains("special token id 8"), "{e}");
     fuzz("e5-container", &[seed], |input| {
         if let Ok(container) = E5Container::parse(input, "fuzz") {
             if let Ok(files) = convert(&container, "fuzz") {
