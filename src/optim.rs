@@ -46,6 +46,10 @@ struct ParamState {
     row_step: Vec<u64>,
 }
 
+/// One parameter's state in a checkpoint: the two moment buffers, and (sparse Adadelta) the
+/// step each row was last updated at.
+pub type ParamMoments<'a> = (&'a [f32], &'a [f32], &'a [u64]);
+
 pub struct Optimizer {
     cfg: OptimizerConfig,
     state: Vec<ParamState>,
@@ -110,7 +114,7 @@ impl Optimizer {
     /// The state a resumed run needs, for a checkpoint: the step count and, per parameter,
     /// the two moment buffers and (sparse Adadelta) the step each row was last updated at.
     /// Empty before the first step. The master values are the parameters' own.
-    pub fn moments(&self) -> (u64, Vec<(&[f32], &[f32], &[u64])>) {
+    pub fn moments(&self) -> (u64, Vec<ParamMoments<'_>>) {
         (self.steps, self.state.iter().map(|st| (st.s1.as_slice(), st.s2.as_slice(), st.row_step.as_slice())).collect())
     }
 
