@@ -36,6 +36,44 @@ pub struct TransferExample {
     pub source: usize,
     /// False for the original example itself.
     pub augmented: bool,
+    /// What changed it from the original (nothing for the original).
+    pub fired: Fired,
+}
+
+/// The operators that fired on one augmented copy (of both sides, for pairs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Fired {
+    /// Words turned into the mask token.
+    pub masked: usize,
+    /// Words replaced by a training word with the same part of speech.
+    pub replaced: usize,
+    /// The length n of the n-gram kept, when n-gram sampling cut the text.
+    pub ngram: Option<usize>,
+}
+
+impl Fired {
+    fn add(self, other: Fired) -> Fired {
+        Fired { masked: self.masked + other.masked, replaced: self.replaced + other.replaced, ngram: self.ngram.or(other.ngram) }
+    }
+
+    /// `masked 1, replaced 2, 3-gram`, or `unchanged`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.masked > 0 {
+            parts.push(format!("masked {}", self.masked));
+        }
+        if self.replaced > 0 {
+            parts.push(format!("replaced {}", self.replaced));
+        }
+        if let Some(n) = self.ngram {
+            parts.push(format!("{n}-gram"));
+        }
+        if parts.is_empty() {
+            "unchanged".into()
+        } else {
+            parts.join(", ")
+        }
+    }
 }
 
 /// Part-of-speech tags of words.
@@ -127,18 +165,21 @@ impl Augmenter {
         join_words(words, self.language)
     }
 
-    /// One augmented copy of a tagged word sequence.
-    pub fn augment(&self, words: &[(String, Option<String>)], rng: &mut StdRng) -> Vec<String> {
+    /// One augmented copy of a tagged word sequence, and which operators fired.
+    pub fn augment(&self, words: &[(String, Option<String>)], rng: &mut StdRng) -> (Vec<String>, Fired) {
         let cfg = &self.cfg;
+        let mut fired = Fired::default();
         let mut out: Vec<String> = words
             .iter()
             .map(|(word, tag)| {
                 let x: f64 = rng.gen();
                 if x < cfg.p_mask {
+                    fired.masked += 1;
                     return cfg.mask_token.clone();
                 }
                 if x < cfg.p_mask + cfg.p_pos {
                     if let Some(candidates) = tag.as_ref().and_then(|t| self.by_tag.get(t)) {
+                        fired.replaced += 1;
                         return candidates[rng.gen_range(0..candidates.len())].clone();
                     }
                 }
@@ -151,9 +192,10 @@ impl Augmenter {
                 let n = rng.gen_range(lo..=hi.min(out.len()));
                 let start = rng.gen_range(0..=out.len() - n);
                 out = out[start..start + n].to_vec();
+                fired.ngram = Some(n);
             }
         }
-        out
+        (out, fired)
     }
 
     /// The transfer set: each original example, then up to `n_iter` augmented copies of it
@@ -174,20 +216,24 @@ impl Augmenter {
                     label: e.label,
                     source: index,
                     augmented: false,
+                    fired: Fired::default(),
                 };
                 let mut seen: HashSet<(Vec<String>, Option<Vec<String>>)> = HashSet::new();
                 seen.insert((original.a.clone(), original.b.clone()));
                 let mut rows = vec![original];
                 for _ in 0..self.cfg.n_iter {
-                    let new_a = self.augment(&a, &mut rng);
-                    let new_b = b.as_ref().map(|b| self.augment(b, &mut rng));
+                    let (new_a, fired_a) = self.augment(&a, &mut rng);
+                    let (new_b, fired) = match b.as_ref().map(|b| self.augment(b, &mut rng)) {
+                        Some((words, fired_b)) => (Some(words), fired_a.add(fired_b)),
+                        None => (None, fired_a),
+                    };
                     if new_a.is_empty() {
                         continue;
                     }
                     if self.cfg.drop_duplicates && !seen.insert((new_a.clone(), new_b.clone())) {
                         continue;
                     }
-                    rows.push(TransferExample { a: new_a, b: new_b, label: e.label, source: index, augmented: true });
+                    rows.push(TransferExample { a: new_a, b: new_b, label: e.label, source: index, augmented: true, fired });
                 }
                 rows
             })

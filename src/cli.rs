@@ -1,4 +1,4 @@
-//! The command line: `distill validate`, `run`, `sweep`, `report`, `table`, `predict`, `bench`.
+//! The command line: `distill validate`, `run`, `augment`, `sweep`, `report`, `table`, `predict`, `bench`.
 
 use std::path::PathBuf;
 
@@ -40,6 +40,17 @@ pub enum Command {
         /// (same as `--set device="cuda"`).
         #[arg(long, value_enum)]
         device: Option<crate::config::DeviceName>,
+    },
+    /// Print a sample of an experiment's transfer set: training examples, the augmented rows
+    /// made from each and the operators that fired (nothing is trained or cached).
+    Augment {
+        file: PathBuf,
+        /// How many training examples to show.
+        #[arg(long, default_value_t = 20)]
+        n: usize,
+        /// Override a value: `--set augment.p_mask=0.2`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
     },
     /// Run the grid a file's [sweep] table declares; finished points are skipped.
     Sweep {
@@ -136,6 +147,11 @@ impl Cli {
                     exp.device = device;
                 }
                 crate::train::run_experiment_with(exp, force)?;
+                Ok(())
+            }
+            Command::Augment { file, n, overrides } => {
+                let exp = Experiment::load(&file, &overrides)?;
+                print!("{}", crate::train::distill::preview_transfer_set(&exp, n)?);
                 Ok(())
             }
             Command::Sweep { file, overrides, shard, dry_run } => {

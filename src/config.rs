@@ -260,6 +260,10 @@ pub struct TeacherConfig {
     /// Batch size for evaluation and teacher inference.
     #[serde(default = "defaults::eval_batch_size")]
     pub eval_batch_size: usize,
+    /// The teacher's own seed (default: the experiment's `seed`): fixed, runs over several
+    /// student seeds share one fine-tuned teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -289,6 +293,10 @@ pub struct AugmentConfig {
     /// English POS lexicon (`word TAG` lines) for `p_pos`; Chinese uses jieba's tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pos_lexicon: Option<String>,
+    /// The transfer set's seed (default: the experiment's `seed`): fixed, runs over several
+    /// student seeds share one transfer set and its cached teacher logits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl AugmentConfig {
@@ -309,6 +317,7 @@ impl Default for AugmentConfig {
             drop_duplicates: true,
             mask_token: defaults::mask_token(),
             pos_lexicon: None,
+            seed: None,
         }
     }
 }
@@ -565,6 +574,16 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Experiment {
+    /// The seed the teacher stage trains with: `teacher.seed`, else `seed`.
+    pub fn teacher_seed(&self) -> u64 {
+        self.teacher.as_ref().and_then(|t| t.seed).unwrap_or(self.seed)
+    }
+
+    /// The seed the transfer set is drawn with: `augment.seed`, else `seed`.
+    pub fn augment_seed(&self) -> u64 {
+        self.augment.seed.unwrap_or(self.seed)
+    }
+
     /// Reads, overrides and checks an experiment file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Experiment, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

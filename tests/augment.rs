@@ -50,6 +50,11 @@ fn each_operator_fires_at_its_probability() {
     let rate = words.iter().filter(|w| w.as_str() == "[MASK]").count() as f64 / words.len() as f64;
     assert_eq!(words.len(), 2000 * 5 * 20);
     assert!((rate - 0.15).abs() < 0.01, "mask rate {rate}");
+    // Each row says what fired on it (what `distill augment` prints).
+    for r in augmented(&rows) {
+        assert_eq!(r.fired.masked, r.a.iter().filter(|w| w.as_str() == "[MASK]").count());
+        assert_eq!((r.fired.replaced, r.fired.ngram), (0, None));
+    }
 
     let pos = Augmenter::new(&config(0.0, 0.2, 0.0), Language::English, Some(lex.path()), &train).unwrap();
     let rows = pos.transfer_set(&train, 1);
@@ -62,6 +67,8 @@ fn each_operator_fires_at_its_probability() {
     // A replacement can draw the same word back (chance 20/200,000 per draw here).
     let rate = changed as f64 / total as f64;
     assert!((rate - 0.2).abs() < 0.01, "POS replacement rate {rate}");
+    let counted: usize = augmented(&rows).map(|r| r.fired.replaced).sum();
+    assert!(counted >= changed && counted - changed < 50, "replacements counted {counted}, visible {changed}");
 
     let ngram = Augmenter::new(&AugmentConfig { ngram_range: [2, 6], ..config(0.0, 0.0, 0.25) }, Language::English, None, &train).unwrap();
     let rows = ngram.transfer_set(&train, 1);
@@ -70,6 +77,7 @@ fn each_operator_fires_at_its_probability() {
     let rate = cut.len() as f64 / copies.len() as f64;
     assert!((rate - 0.25).abs() < 0.015, "n-gram rate {rate}");
     assert!(cut.iter().all(|&n| (2..=6).contains(&n)));
+    assert!(copies.iter().all(|r| r.fired.ngram == (r.a.len() < 20).then_some(r.a.len())), "the n-gram length is recorded");
     assert!((2..=6).all(|n| cut.contains(&n)), "every n in the range occurs");
 }
 

@@ -108,6 +108,20 @@ dropout = 0.1
     assert_eq!(TEACHER_INFERENCE_ROWS.load(Ordering::SeqCst) - before, computed, "the second run must not run the teacher");
     assert_eq!(second[0].stage, "distill");
 
+    // Student seeds that share `augment.seed` share the transfer set and its logits: the
+    // first of them computes them (a new transfer set), the second reads the cache.
+    let mut seeded = exp.clone();
+    seeded.name = "distill-slice-seeded".into();
+    seeded.augment.seed = Some(5);
+    let at = TEACHER_INFERENCE_ROWS.load(Ordering::SeqCst);
+    distill::train::run_experiment(seeded.clone()).unwrap();
+    assert!(TEACHER_INFERENCE_ROWS.load(Ordering::SeqCst) > at, "augment.seed = 5 draws another transfer set");
+    let at = TEACHER_INFERENCE_ROWS.load(Ordering::SeqCst);
+    seeded.seed = 2;
+    let other_seed = distill::train::run_experiment(seeded).unwrap();
+    assert_eq!(TEACHER_INFERENCE_ROWS.load(Ordering::SeqCst), at, "another training seed, the same transfer set: no teacher pass");
+    assert_eq!(other_seed[0].stage, "distill");
+
     // A different transfer set (another n_iter) is a cache miss.
     let mut more = exp;
     more.name = "distill-slice-more".into();

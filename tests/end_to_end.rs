@@ -162,3 +162,17 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// `distill augment` shows sampled MRPC pairs with the rows made from them and what fired.
+#[test]
+fn cli_augment_previews_the_transfer_set() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["augment", "experiments/mrpc.toml", "--n", "2", "--set", "data.train_limit=40", "--set", "augment.p_pos=0"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("transfer set: ") && text.contains("(n_iter 5, p_mask 0.1, p_pos 0, p_ng 0.25, seed 1); 2 of 40 sources shown"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with('#')).count(), 2, "{text}");
+    assert!(text.contains("  |||  ") && (text.contains("masked ") || text.contains("-gram:")), "{text}");
+}

@@ -39,6 +39,8 @@ const CASES: &[(&str, &str)] = &[
     ("teacher.max_grad_norm=0.5", "TD"),
     ("teacher.eval_every=10", "TD"),
     ("teacher.eval_batch_size=32", "TD"),
+    ("teacher.seed=7", "TD"),
+    ("augment.seed=7", "D"),
     ("teacher.model=\"/elsewhere/bert\"", "TD"),
     // The student's vocab and vectors: both student stages.
     ("vocab.tokenizer=\"/elsewhere/tok\"", "SD"),
@@ -98,6 +100,21 @@ fn stage_keys_change_with_what_each_stage_reads_and_nothing_else() {
             );
         }
     }
+}
+
+/// `teacher.seed` and `augment.seed` split the seeds: with both fixed, another `seed`
+/// changes the student stages' keys only, and the teacher of `teacher.seed = 2` is the
+/// teacher of `seed = 2`.
+#[test]
+fn teacher_and_transfer_set_seeds_are_split_from_the_training_seed() {
+    let fixed = ["teacher.seed=1", "augment.seed=1"];
+    let [teacher_1, student_1, distill_1] = keys(&[&fixed[..], &["seed=1"]].concat());
+    let [teacher_2, student_2, distill_2] = keys(&[&fixed[..], &["seed=2"]].concat());
+    assert_eq!(teacher_1, teacher_2, "one teacher for every student seed");
+    assert!(student_1 != student_2 && distill_1 != distill_2, "the students train again");
+    assert_eq!(keys(&["teacher.seed=2"])[0], keys(&["seed=2"])[0], "teacher.seed = 2 is the teacher of seed = 2");
+    assert_eq!(keys(&["teacher.seed=1"])[0], keys(&["seed=1"])[0]);
+    assert_ne!(keys(&["augment.seed=3"])[2], keys(&[])[2], "another transfer set is another distill stage");
 }
 
 #[test]

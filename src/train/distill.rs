@@ -12,9 +12,10 @@ use rand::SeedableRng;
 use super::student::{fit, FitSettings, StudentSetup};
 use super::teacher::teacher_dir;
 use super::RunContext;
-use crate::augment::{join_words, Augmenter};
+use crate::augment::{join_words, Augmenter, TransferExample};
 use crate::backend::{StudentBackend, TeacherBackend};
-use crate::config::{expand_path, DeviceName};
+use crate::config::{expand_path, DeviceName, Experiment};
+use crate::data::{Example, Language, Task};
 use crate::encode::{EncodedSet, TeacherSet};
 use crate::inference::{cached_teacher_logits, evaluate_student, evaluate_teacher};
 use crate::loss::{LossSpec, Targets};
@@ -43,20 +44,8 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
     let language = setup.task.language;
 
     let t0 = Instant::now();
-    let lexicon = exp.augment.pos_lexicon.as_deref().map(expand_path);
-    let augmenter = Augmenter::new(&exp.augment, language, lexicon.as_deref(), &setup.train.examples)?;
-    let transfer = augmenter.transfer_set(&setup.train.examples, exp.seed);
-    let augmented = transfer.iter().filter(|r| r.augmented).count();
-    eprintln!(
-        "transfer set: {} rows = {} originals + {augmented} augmented (n_iter {}, p_mask {}, p_pos {}, p_ng {}) in {:.1} s",
-        transfer.len(),
-        transfer.len() - augmented,
-        exp.augment.n_iter,
-        exp.augment.p_mask,
-        exp.augment.p_pos,
-        exp.augment.p_ng,
-        t0.elapsed().as_secs_f64()
-    );
+    let transfer = transfer_set(exp, &setup.train.examples, language)?;
+    eprintln!("{} in {:.1} s", transfer_summary(exp, &transfer), t0.elapsed().as_secs_f64());
 
     // The teacher reads the augmenter's mask word in its own vocab's spelling (a SentencePiece
     // teacher has `<unk>` where the config says "[UNK]").
@@ -129,6 +118,60 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
     writer.serialize(&summary)?;
     write_atomic(&ctx.run_dir.join("distill/summary.csv"), &writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?;
     Ok(row)
+}
+
+/// The transfer set the distill stage trains on: the training examples and their augmented
+/// copies, drawn with `augment.seed` (else `seed`).
+pub fn transfer_set(exp: &Experiment, train: &[Example], language: Language) -> Result<Vec<TransferExample>> {
+    let lexicon = exp.augment.pos_lexicon.as_deref().map(expand_path);
+    let augmenter = Augmenter::new(&exp.augment, language, lexicon.as_deref(), train)?;
+    Ok(augmenter.transfer_set(train, exp.augment_seed()))
+}
+
+fn transfer_summary(exp: &Experiment, transfer: &[TransferExample]) -> String {
+    let augmented = transfer.iter().filter(|r| r.augmented).count();
+    let a = &exp.augment;
+    format!(
+        "transfer set: {} rows = {} originals + {augmented} augmented (n_iter {}, p_mask {}, p_pos {}, p_ng {}, seed {})",
+        transfer.len(),
+        transfer.len() - augmented,
+        a.n_iter,
+        a.p_mask,
+        a.p_pos,
+        a.p_ng,
+        exp.augment_seed()
+    )
+}
+
+/// `distill augment`: the transfer set's summary, then `n` training examples drawn at
+/// random, each with the rows made from it and the operators that fired, to look at before
+/// paying for the teacher's pass.
+pub fn preview_transfer_set(exp: &Experiment, n: usize) -> Result<String> {
+    use rand::seq::index::sample;
+    use std::fmt::Write;
+    let task = Task::new(exp.task, exp.data.columns.as_ref());
+    let (train, _) = super::load_splits(exp, &task)?;
+    let transfer = transfer_set(exp, &train.examples, task.language)?;
+    let text = |r: &TransferExample| {
+        let a = join_words(&r.a, task.language);
+        match &r.b {
+            Some(b) => format!("{a}  |||  {}", join_words(b, task.language)),
+            None => a,
+        }
+    };
+    let sources = train.examples.len();
+    let mut shown: Vec<usize> = sample(&mut StdRng::seed_from_u64(exp.augment_seed()), sources, n.min(sources)).into_vec();
+    shown.sort_unstable();
+    let mut out = format!("{}; {} of {sources} sources shown\n", transfer_summary(exp, &transfer), shown.len());
+    for source in shown {
+        let rows: Vec<&TransferExample> = transfer.iter().filter(|r| r.source == source).collect();
+        let label = &task.labels[train.examples[source].label];
+        writeln!(out, "\n#{source} ({label}): {}", rows.first().map(|r| text(r)).unwrap_or_default())?;
+        for row in rows.iter().filter(|r| r.augmented) {
+            writeln!(out, "    {:<30} {}", format!("{}:", row.fired.describe()), text(row))?;
+        }
+    }
+    Ok(out)
 }
 
 /// `RUN_DIR/distill/summary.csv`: teacher and student side by side.

@@ -1,8 +1,8 @@
 //! Each stage is known by the inputs it reads, not by the whole experiment: the teacher by
-//! task, data, seed and `[teacher]`; the student alone by task, data, seed, device, vocab,
-//! embeddings and `[student]`; the distill stage by its teacher, the transfer set
-//! (`[augment]` and the seed), `[distill]`, the student's architecture, and the same data,
-//! vocab and embeddings. A stage whose key already finished anywhere under `out_dir` is
+//! task, data, its seed (`teacher.seed`, else `seed`) and `[teacher]`; the student alone by
+//! task, data, seed, device, vocab, embeddings and `[student]`; the distill stage by its
+//! teacher, the transfer set (`[augment]`, whose `seed` defaults to `seed`), `[distill]`, the
+//! student's architecture, and the same data, seed, vocab and embeddings. A stage whose key already finished anywhere under `out_dir` is
 //! reused, whatever `stages` list or other settings the run has; `distill table` and
 //! `distill reproduce` find each cell's run the same way.
 

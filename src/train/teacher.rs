@@ -63,8 +63,9 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
     let (train, dev) = load_splits(exp, &task)?;
     eprintln!("data: {} train, {} dev examples ({:?})", train.examples.len(), dev.examples.len(), task.name);
 
-    let dev_cpu = Cpu::seed_from_u64(exp.seed);
-    let mut rng = StdRng::seed_from_u64(exp.seed);
+    let seed = exp.teacher_seed();
+    let dev_cpu = Cpu::seed_from_u64(seed);
+    let mut rng = StdRng::seed_from_u64(seed);
     let (mut model, tokenizer) = load_teacher(cfg, &task, &dev_cpu, &mut rng)?;
     let train_set = TeacherSet::new(&train, &tokenizer)?;
     let dev_set = TeacherSet::new(&dev, &tokenizer)?;
@@ -87,7 +88,7 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
     let mut trainee = TeacherTrainee {
         model: &mut model,
         optimizer,
-        dropout_rng: DropoutRng::new(exp.seed),
+        dropout_rng: DropoutRng::new(seed),
         trainable: vec![true; names.len()],
         cfg,
         train_set: &train_set,
@@ -192,7 +193,9 @@ pub fn teacher_dir(exp: &Experiment) -> PathBuf {
         data: &'a DataConfig,
         teacher: &'a Option<TeacherConfig>,
     }
-    let identity = TeacherIdentity { task: exp.task, seed: exp.seed, data: &exp.data, teacher: &exp.teacher };
+    // `teacher.seed = 1` and `seed = 1` give the same teacher (and an unset one the old hash).
+    let teacher = exp.teacher.clone().map(|t| TeacherConfig { seed: None, ..t });
+    let identity = TeacherIdentity { task: exp.task, seed: exp.teacher_seed(), data: &exp.data, teacher: &teacher };
     let text = toml::to_string(&identity).expect("serialisable");
     let hash: String = Sha256::digest(text.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
     expand_path(&exp.out_dir).join("teachers").join(format!("{}-{hash}", exp.task.name()))
