@@ -7,7 +7,8 @@
 //! `target/fuzz-failures/`. Errors are fine: they are the parsers' answers.
 //!
 //! CI runs a smoke of 2,000 inputs per target. The long run:
-//! `DISTILL_FUZZ_ITERATIONS=1000000 cargo test --release --test fuzz -- --nocapture`.
+//! `DISTILL_FUZZ_ITERATIONS=1000000 cargo test --release --test fuzz -- --nocapture`
+//! (`DISTILL_FUZZ_ONLY=NAME` runs only the targets whose name contains NAME).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -63,6 +64,9 @@ fn mutate(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
 
 /// Runs `target` on mutations of `seeds`; fails on a panic or a slow input.
 fn fuzz(name: &str, seeds: &[Vec<u8>], mut target: impl FnMut(&[u8])) {
+    if std::env::var("DISTILL_FUZZ_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
     let n = iterations();
     let mut rng = StdRng::seed_from_u64(name.len() as u64 * 7919);
     let start = Instant::now();
