@@ -250,7 +250,7 @@ pub fn validate(file: &std::path::Path, overrides: &[String]) -> Result<()> {
         let spec = TableSpec::parse(&text, &file.display().to_string())?;
         for column in &spec.column {
             for kind in crate::table::RowKind::ALL {
-                column.experiment(kind)?;
+                column.experiments(kind)?;
             }
         }
         println!("{}: ok (results table, {} columns)", file.display(), spec.column.len());

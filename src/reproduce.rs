@@ -47,28 +47,29 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
                 println!("  {:<18} pending: {reason}", kind.title());
                 continue;
             }
-            let exp = column.experiment(kind)?;
-            match find_finished(&exp, kind.stage()) {
-                Some(found) => println!(
-                    "  {:<18} finished: dev accuracy {:.4}, F1 {:.4} ({})",
-                    kind.title(),
-                    found.row.dev_accuracy,
-                    found.row.dev_f1,
-                    found.dir.display()
-                ),
-                None => {
-                    let (stages, command) = column.command(kind, &exp);
-                    println!("  {:<18} missing: {command}", kind.title());
-                    for stage in stages {
-                        // A stage two cells share (a column's teacher) runs once.
-                        let line = if planned.insert(stage_key(&exp, stage)) {
-                            plan_line(&exp, stage)
-                        } else {
-                            format!("{}: runs once, listed above", stage.name())
-                        };
-                        println!("  {:<18}   {line}", "");
+            for exp in column.experiments(kind)? {
+                match find_finished(&exp, kind.stage()) {
+                    Some(found) => println!(
+                        "  {:<18} finished: dev accuracy {:.4}, F1 {:.4} ({})",
+                        kind.title(),
+                        found.row.dev_accuracy,
+                        found.row.dev_f1,
+                        found.dir.display()
+                    ),
+                    None => {
+                        let (stages, command) = column.command(kind, &exp);
+                        println!("  {:<18} missing: {command}", kind.title());
+                        for stage in stages {
+                            // A stage two cells share (a column's teacher) runs once.
+                            let line = if planned.insert(stage_key(&exp, stage)) {
+                                plan_line(&exp, stage)
+                            } else {
+                                format!("{}: runs once, listed above", stage.name())
+                            };
+                            println!("  {:<18}   {line}", "");
+                        }
+                        missing.push((column, kind, exp));
                     }
-                    missing.push((column, kind, exp));
                 }
             }
         }

@@ -34,6 +34,10 @@ pub struct ColumnSpec {
     /// `--set` overrides of `file` for every cell of the column.
     #[serde(default)]
     pub set: Vec<String>,
+    /// Training seeds: each cell is run once per seed (`--set seed=N` after the other
+    /// overrides) and shows mean ± std over them. Empty: the file's seed, one run.
+    #[serde(default)]
+    pub seeds: Vec<u64>,
     /// A line printed under the table for this column.
     #[serde(default)]
     pub note: Option<String>,
@@ -118,10 +122,18 @@ impl ColumnSpec {
         self.set.iter().chain(&self.cell(kind).set)
     }
 
-    /// The column's file with the column's and the cell's overrides.
-    pub fn experiment(&self, kind: RowKind) -> Result<Experiment> {
-        let sets: Vec<String> = self.sets(kind).cloned().collect();
-        Experiment::load(Path::new(&self.file), &sets).with_context(|| format!("column {:?}, row {}", self.title, kind.title()))
+    /// The column's file with the column's and the cell's overrides, once per seed of
+    /// `seeds` (once if it is empty).
+    pub fn experiments(&self, kind: RowKind) -> Result<Vec<Experiment>> {
+        let seeds: Vec<Option<u64>> = if self.seeds.is_empty() { vec![None] } else { self.seeds.iter().copied().map(Some).collect() };
+        seeds
+            .into_iter()
+            .map(|seed| {
+                let mut sets: Vec<String> = self.sets(kind).cloned().collect();
+                sets.extend(seed.map(|s| format!("seed={s}")));
+                Experiment::load(Path::new(&self.file), &sets).with_context(|| format!("column {:?}, row {}", self.title, kind.title()))
+            })
+            .collect()
     }
 
     /// The stages a run must list to fill the cell (the distill stage needs its teacher stage
@@ -132,7 +144,10 @@ impl ColumnSpec {
             _ => vec![kind.stage()],
         };
         let list: Vec<String> = stages.iter().map(|s| format!("\"{}\"", s.name())).collect();
-        let sets: String = self.sets(kind).map(|s| format!(" --set '{s}'")).collect();
+        let mut sets: String = self.sets(kind).map(|s| format!(" --set '{s}'")).collect();
+        if !self.seeds.is_empty() {
+            sets.push_str(&format!(" --set seed={}", exp.seed));
+        }
         (stages, format!("distill run {}{sets} --set 'stages=[{}]'", self.file, list.join(",")))
     }
 }
@@ -142,13 +157,20 @@ impl ColumnSpec {
 pub struct Cell {
     pub row: &'static str,
     pub column: String,
-    /// As shown: `0.9002`, `0.8015/0.8674`, or `—` when the run is missing.
+    /// As shown: `0.9002`, `0.8015/0.8674`, `0.8601 ± 0.0040` over seeds, or `—` when no
+    /// run is there.
     pub value: String,
+    /// Over the finished seeds: mean, and sample standard deviation (with two or more).
     pub dev_accuracy: Option<f64>,
+    pub dev_accuracy_std: Option<f64>,
     pub dev_f1: Option<f64>,
-    /// The run that trained the cell's stage (empty while missing).
+    pub dev_f1_std: Option<f64>,
+    /// Finished runs behind the value, of how many seeds.
+    pub runs: usize,
+    pub seeds: usize,
+    /// The runs that trained the cell's stage, space-separated (empty while missing).
     pub run_id: String,
-    /// The cell's stage key (`train::stage_key`).
+    /// The cell's stage keys (`train::stage_key`), one per seed, space-separated.
     pub stage_key: String,
     pub footnote: String,
 }
@@ -188,16 +210,18 @@ fn build_cell(column: &ColumnSpec, kind: RowKind) -> Result<Cell> {
             column: column.title.clone(),
             value: "—".into(),
             dev_accuracy: None,
+            dev_accuracy_std: None,
             dev_f1: None,
+            dev_f1_std: None,
+            runs: 0,
+            seeds: column.seeds.len().max(1),
             run_id: String::new(),
             stage_key: String::new(),
             footnote: format!("pending: {reason}"),
         });
     }
-    let exp = column.experiment(kind)?;
-    let key = stage_key(&exp, kind.stage());
-    let found = find_finished(&exp, kind.stage());
-    let mut notes = differences(&exp, kind, &column.seed);
+    let experiments = column.experiments(kind)?;
+    let mut notes = differences(&experiments[0], kind, &column.seed);
     let seed_result = match kind {
         RowKind::Teacher => &column.seed.teacher_result,
         RowKind::Student => &column.seed.student_result,
@@ -206,27 +230,61 @@ fn build_cell(column: &ColumnSpec, kind: RowKind) -> Result<Cell> {
     if let Some(r) = seed_result {
         notes.push(format!("seed's result {r}"));
     }
-    let (value, accuracy, f1, run_id) = match found.map(|f| f.row) {
-        Some(r) => {
-            let run = Path::new(&r.run_dir).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            let value = if column.pair { format!("{:.4}/{:.4}", r.dev_accuracy, r.dev_f1) } else { format!("{:.4}", r.dev_accuracy) };
-            (value, Some(r.dev_accuracy), Some(r.dev_f1), run)
+    let (mut rows, mut keys, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+    for exp in &experiments {
+        keys.push(stage_key(exp, kind.stage()));
+        match find_finished(exp, kind.stage()) {
+            Some(found) => rows.push(found.row),
+            None => missing.push(column.command(kind, exp).1),
         }
-        None => {
-            notes.insert(0, format!("not run yet: {}", column.command(kind, &exp).1));
-            ("—".to_string(), None, None, String::new())
+    }
+    let accuracy = mean_std(rows.iter().map(|r| r.dev_accuracy));
+    let f1 = mean_std(rows.iter().map(|r| r.dev_f1));
+    let value = match (accuracy, f1) {
+        (Some((a, _)), Some((f, _))) if column.seeds.is_empty() => {
+            if column.pair { format!("{a:.4}/{f:.4}") } else { format!("{a:.4}") }
         }
+        (Some((a, a_std)), Some((f, f_std))) => {
+            let spread = |m: f64, s: Option<f64>| s.map_or(format!("{m:.4}"), |s| format!("{m:.4} ± {s:.4}"));
+            if column.pair { format!("{}/{}", spread(a, a_std), spread(f, f_std)) } else { spread(a, a_std) }
+        }
+        _ => "—".into(),
     };
+    if !column.seeds.is_empty() {
+        let seeds: Vec<String> = column.seeds.iter().map(|s| s.to_string()).collect();
+        notes.insert(0, format!("mean ± sample std over seeds {} (n = {} of {})", seeds.join(", "), rows.len(), seeds.len()));
+    }
+    for command in missing.iter().rev() {
+        notes.insert(0, format!("not run yet: {command}"));
+    }
+    let run_ids: Vec<String> =
+        rows.iter().map(|r| Path::new(&r.run_dir).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()).collect();
     Ok(Cell {
         row: kind.title(),
         column: column.title.clone(),
         value,
-        dev_accuracy: accuracy,
-        dev_f1: f1,
-        run_id,
-        stage_key: key,
+        dev_accuracy: accuracy.map(|(m, _)| m),
+        dev_accuracy_std: accuracy.and_then(|(_, s)| s),
+        dev_f1: f1.map(|(m, _)| m),
+        dev_f1_std: f1.and_then(|(_, s)| s),
+        runs: rows.len(),
+        seeds: experiments.len(),
+        run_id: run_ids.join(" "),
+        stage_key: keys.join(" "),
         footnote: notes.join("; "),
     })
+}
+
+/// Mean and sample standard deviation (`None` with fewer than two values); `None` if empty.
+fn mean_std(values: impl Iterator<Item = f64>) -> Option<(f64, Option<f64>)> {
+    let values: Vec<f64> = values.collect();
+    if values.is_empty() {
+        return None;
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let std = (values.len() > 1).then(|| (values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0)).sqrt());
+    Some((mean, std))
 }
 
 /// What a cell's run did differently from the seed, as short phrases.

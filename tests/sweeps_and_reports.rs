@@ -284,4 +284,21 @@ distilled = {{ set = ["student.epochs=2"] }}
     let csv = std::fs::read_to_string(tmp.path().join("table.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "a header and one line per cell: {csv}");
     assert!(csv.contains(&measured[0].run_dir.rsplit('/').next().unwrap().to_string()));
+
+    // A column over seeds: the cell shows mean ± sample std of the seeds that finished, and
+    // its footnote says how many and how to run the rest.
+    for seed in [11, 12] {
+        let out = distill(&["run", exp_file.to_str().unwrap(), "--set", &format!("seed={seed}")]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let by_seed: Vec<f64> = read_results(&results).unwrap()[1..].iter().map(|r| r.dev_accuracy).collect();
+    assert_eq!(by_seed.len(), 2);
+    let mean = (by_seed[0] + by_seed[1]) / 2.0;
+    let std = ((by_seed[0] - mean).powi(2) + (by_seed[1] - mean).powi(2)).sqrt(); // n − 1 = 1
+    std::fs::write(&spec, format!("[[column]]\ntitle = \"SST-2\"\nfile = \"{}\"\nseeds = [11, 12, 13]\n", exp_file.display())).unwrap();
+    let out = distill(&["table", spec.to_str().unwrap(), "--out", tmp.path().to_str().unwrap()]);
+    let md = String::from_utf8(out.stdout).unwrap();
+    assert!(md.contains(&format!("| Bi-LSTM | {mean:.4} ± {std:.4} [2] |")), "{md}");
+    assert!(md.contains("[2] SST-2 / Bi-LSTM: not run yet: distill run"), "{md}");
+    assert!(md.contains("--set seed=13 --set 'stages=[\"student\"]'; mean ± sample std over seeds 11, 12, 13 (n = 2 of 3)"), "{md}");
 }
