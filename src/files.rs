@@ -74,7 +74,7 @@ pub fn safetensors_intact(path: &Path) -> bool {
         file.read_exact(&mut header).ok()?;
         let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
         let end = header.values().filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64()).max().unwrap_or(0);
-        if file.metadata().ok()?.len() != 8 + header_len + end {
+        if Some(file.metadata().ok()?.len()) != end.checked_add(8 + header_len) {
             return Some(false);
         }
         let Some(recorded) = header.get("__metadata__").and_then(|m| m.get(CONTENT_HASH_KEY)).and_then(|h| h.as_str()) else {
