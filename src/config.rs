@@ -180,11 +180,67 @@ pub enum VectorFormat {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingsConfig {
-    /// Pretrained word vectors; without it the embedding starts random.
+    /// Pretrained word vectors; without it (and without `source = "teacher"`) the embedding starts random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<VectorFormat>,
+    /// `"teacher"`: vectors made from the experiment's teacher, one per vocab entry
+    /// (see `embeddings::teacher`); `"file"` (the default): `path` and `format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<VectorSource>,
+    /// Teacher vectors: the hidden state after this many layers (default: all; 0: the embeddings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    /// Teacher vectors: how an entry's positions become one vector (default `"mean"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
+    /// Teacher vectors: `"sif"` scales each vector by a/(a + p(word)), p from training-set counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighting: Option<Weighting>,
+}
+
+impl EmbeddingsConfig {
+    pub fn from_teacher(&self) -> bool {
+        self.source == Some(VectorSource::Teacher)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorSource {
+    File,
+    Teacher,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The mean of the entry's own pieces' hidden states.
+    #[default]
+    Mean,
+    /// The hidden state at `[CLS]`.
+    Cls,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Weighting {
+    #[default]
+    None,
+    /// Smooth inverse frequency (Arora et al. 2017), as Model2Vec weights its vectors.
+    Sif,
+}
+
+/// Which teacher makes the student's vectors (`[embeddings] source = "teacher"`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum VectorsTeacher {
+    /// `distill.teacher`: a fine-tuned teacher dir.
+    Dir(String),
+    /// The one this experiment's teacher stage fine-tunes (`teacher` is in `stages`).
+    Trained,
+    /// `teacher.model` as downloaded.
+    Pretrained(String),
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -749,6 +805,26 @@ impl Experiment {
             _ => {}
         }
         range("vocab.min_count", self.vocab.min_count, 1, 1_000_000)?;
+        let e = &self.embeddings;
+        if e.from_teacher() && (e.path.is_some() || e.format.is_some()) {
+            return Err((
+                "embeddings.path".into(),
+                "source = \"teacher\" makes the vectors from the teacher; drop embeddings.path and embeddings.format (or drop source)".into(),
+            ));
+        }
+        if e.from_teacher() && self.vectors_teacher().is_none() {
+            return Err((
+                "embeddings.source".into(),
+                "source = \"teacher\" needs a teacher: a [teacher] table with model, or distill.teacher".into(),
+            ));
+        }
+        if !e.from_teacher() {
+            for (key, set) in [("embeddings.layer", e.layer.is_some()), ("embeddings.pooling", e.pooling.is_some()), ("embeddings.weighting", e.weighting.is_some())] {
+                if set {
+                    return Err((key.into(), "applies to teacher-made vectors only; add embeddings.source = \"teacher\" or drop it".into()));
+                }
+            }
+        }
         if self.embeddings.path.is_some() != self.embeddings.format.is_some() {
             return Err((
                 "embeddings.format".into(),
@@ -825,6 +901,11 @@ impl Experiment {
                 exists("vocab.tokenizer", self.vocab.tokenizer.as_deref(), "tokenizer")?;
             }
             exists("embeddings.path", self.embeddings.path.as_deref(), "vectors file")?;
+            match self.vectors_teacher() {
+                Some(VectorsTeacher::Pretrained(model)) => exists("teacher.model", Some(&model), "model dir")?,
+                Some(VectorsTeacher::Dir(dir)) => exists("distill.teacher", Some(&dir), "teacher dir")?,
+                _ => {}
+            }
         }
         if needs(Stage::Distill) {
             exists("augment.pos_lexicon", self.augment.pos_lexicon.as_deref(), "POS lexicon")?;
@@ -834,6 +915,20 @@ impl Experiment {
             }
         }
         Ok(())
+    }
+
+    /// The teacher `[embeddings] source = "teacher"` reads: `distill.teacher` if set, else the
+    /// one the teacher stage fine-tunes when `teacher` is listed in `stages`, else the
+    /// pretrained `teacher.model`. Known from the file alone, so a stage's key is too.
+    pub fn vectors_teacher(&self) -> Option<VectorsTeacher> {
+        if !self.embeddings.from_teacher() {
+            return None;
+        }
+        if let Some(dir) = self.distill.as_ref().and_then(|d| d.teacher.clone()) {
+            return Some(VectorsTeacher::Dir(dir));
+        }
+        let model = self.teacher.as_ref()?.model.clone();
+        Some(if self.stages.contains(&Stage::Teacher) { VectorsTeacher::Trained } else { VectorsTeacher::Pretrained(model) })
     }
 
     /// The resolved config as TOML, as saved next to the results.

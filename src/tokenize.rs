@@ -256,6 +256,11 @@ impl BertTokenizer {
         }
     }
 
+    /// The id of `token` as one entry of this vocab, if it is one.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
     /// `(ids, token types)` of one text or pair.
     pub fn encode(&self, a: &str, b: Option<&str>) -> Result<(Vec<u32>, Vec<u32>)> {
         let encoding = match b {

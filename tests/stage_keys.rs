@@ -117,6 +117,21 @@ fn teacher_and_transfer_set_seeds_are_split_from_the_training_seed() {
     assert_ne!(keys(&["augment.seed=3"])[2], keys(&[])[2], "another transfer set is another distill stage");
 }
 
+/// With `[embeddings] source = "teacher"` the student stages read the teacher: its key
+/// (trained) or its dir; their keys follow it, the teacher's own key does not move.
+#[test]
+fn teacher_made_vectors_key_the_students_by_their_teacher() {
+    let teacher_vectors = "embeddings={source=\"teacher\"}";
+    let [teacher, student, distill] = keys(&[teacher_vectors]);
+    assert_eq!(teacher, keys(&[])[0]);
+    assert_ne!(student, keys(&[])[1], "other vectors, another student");
+    let [_, student_2, distill_2] = keys(&[teacher_vectors, "teacher.lr=3e-5"]);
+    assert!(student_2 != student && distill_2 != distill, "another fine-tuned teacher makes other vectors");
+    let [_, pretrained, _] = keys(&[teacher_vectors, "stages=[\"student\"]"]);
+    assert_ne!(pretrained, student, "without the teacher stage the pretrained teacher.model makes them");
+    assert_ne!(keys(&[teacher_vectors, "embeddings.pooling=\"cls\""])[1], student);
+}
+
 #[test]
 fn keys_name_their_stage_and_are_stable() {
     let [teacher, student, distill] = keys(&[]);

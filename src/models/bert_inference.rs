@@ -166,6 +166,16 @@ impl BertInference {
     /// and the tokens kept per example: its length, but at least one (an empty row still gets a
     /// [CLS] position, padding, as the padded graph gives it).
     fn encode(&self, input: &BertInput) -> (Vec<f32>, Vec<usize>) {
+        self.encode_layers(input, self.layers.len())
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// As [`BertInference::encode`], but the hidden state after the first `layers` layers
+    /// (0: the embeddings' output).
+    pub fn encode_layers(&self, input: &BertInput, layers: usize) -> (Vec<f32>, Vec<usize>) {
         let h = self.hidden;
         let lengths: Vec<usize> = input.lengths.iter().map(|&len| len.clamp(1, input.seq)).collect();
         let tokens: Vec<usize> =
@@ -178,7 +188,7 @@ impl BertInference {
             row.iter_mut().zip(parts).for_each(|(x, ((w, p), t))| *x = w + p + t);
         }
         self.embeddings_norm.apply(&mut x, &[]);
-        for layer in &self.layers {
+        for layer in &self.layers[..layers] {
             let qkv = layer.qkv.forward(&x, rows, Activation::None);
             let context = self.attention(&qkv, &lengths);
             let mut attended = layer.attention_output.forward(&context, rows, Activation::None);

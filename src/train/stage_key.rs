@@ -1,8 +1,9 @@
 //! Each stage is known by the inputs it reads, not by the whole experiment: the teacher by
 //! task, data, its seed (`teacher.seed`, else `seed`) and `[teacher]`; the student alone by
-//! task, data, seed, device, vocab, embeddings and `[student]`; the distill stage by its
-//! teacher, the transfer set (`[augment]`, whose `seed` defaults to `seed`), `[distill]`, the
-//! student's architecture, and the same data, seed, vocab and embeddings. A stage whose key already finished anywhere under `out_dir` is
+//! task, data, seed, device, vocab, embeddings (and the teacher that makes them, if one does)
+//! and `[student]`; the distill stage by its teacher, the transfer set (`[augment]`, whose
+//! `seed` defaults to `seed`), `[distill]`, the student's architecture, and the same data,
+//! seed, vocab and embeddings. A stage whose key already finished anywhere under `out_dir` is
 //! reused, whatever `stages` list or other settings the run has; `distill table` and
 //! `distill reproduce` find each cell's run the same way.
 
@@ -12,7 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::teacher::{finished_teacher, teacher_dir};
-use crate::config::{expand_path, DataConfig, DeviceName, EmbeddingsConfig, Experiment, PairFeatures, Stage, TaskName, VocabConfig};
+use crate::config::{expand_path, DataConfig, DeviceName, EmbeddingsConfig, Experiment, PairFeatures, Stage, TaskName, VectorsTeacher, VocabConfig};
 use crate::report::ResultRow;
 
 /// The key of `stage` of `exp`: `STAGE-HASH` (the teacher's is its dir name, `TASK-HASH`).
@@ -25,10 +26,30 @@ pub fn stage_key(exp: &Experiment, stage: Stage) -> String {
         data: &'a DataConfig,
         vocab: &'a VocabConfig,
         embeddings: &'a EmbeddingsConfig,
+        /// The teacher that makes the vectors (`source = "teacher"`), named as the distill
+        /// stage names its teacher; absent otherwise, so other keys stay as they were.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vectors_teacher: Option<String>,
     }
-    let common = Common { task: exp.task, seed: exp.seed, device: exp.device, data: &exp.data, vocab: &exp.vocab, embeddings: &exp.embeddings };
+    if stage == Stage::Teacher {
+        return teacher_dir(exp).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    }
+    let vectors_teacher = exp.vectors_teacher().map(|t| match t {
+        VectorsTeacher::Dir(dir) => format!("dir:{dir}"),
+        VectorsTeacher::Trained => format!("trained:{}", stage_key(exp, Stage::Teacher)),
+        VectorsTeacher::Pretrained(model) => format!("pretrained:{model}"),
+    });
+    let common = Common {
+        task: exp.task,
+        seed: exp.seed,
+        device: exp.device,
+        data: &exp.data,
+        vocab: &exp.vocab,
+        embeddings: &exp.embeddings,
+        vectors_teacher,
+    };
     match stage {
-        Stage::Teacher => teacher_dir(exp).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+        Stage::Teacher => unreachable!("returned above"),
         Stage::Student => {
             #[derive(Serialize)]
             struct StudentInputs<'a> {

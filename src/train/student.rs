@@ -11,11 +11,13 @@ use rand_distr::{Distribution, Normal};
 use super::batches::shuffled_batches;
 use super::training_loop::{run_training_loop, LoopSettings, Trainee};
 use super::resume::checkpoint_dir;
+use super::teacher::teacher_dir;
 use super::{load_splits, RunContext};
 use crate::backend::StudentBackend;
-use crate::config::{expand_path, Experiment, TrainingSettings};
+use crate::config::{expand_path, Experiment, TrainingSettings, VectorsTeacher};
 use crate::data::{Dataset, Task};
 use crate::embeddings::load_pretrained;
+use crate::embeddings::teacher::{teacher_vectors, VectorSettings};
 use crate::encode::EncodedSet;
 use crate::files::write_atomic;
 use crate::inference::{evaluate_student, Evaluation};
@@ -83,7 +85,7 @@ impl StudentSetup {
             pair_features: task.is_pair().then_some(cfg.pair_features),
         };
         let mut model = BiLstmStudent::new(shape, dropout as f32, &dev_cpu, &mut rng);
-        init_embeddings(exp, &encoder, &mut model, &mut rng)?;
+        init_embeddings(exp, &encoder, &train_set, &mut model, &mut rng)?;
         Ok(StudentSetup { task, train, dev, encoder, train_set, dev_set, model, dev_cpu, rng })
     }
 }
@@ -184,12 +186,43 @@ impl Trainee for StudentTrainee<'_> {
     }
 }
 
-/// Copies pretrained vectors into the embedding; other rows are random with the vectors'
-/// spread, and `[PAD]` is zero.
-fn init_embeddings(exp: &Experiment, encoder: &TextEncoder, model: &mut BiLstmStudent, rng: &mut StdRng) -> Result<()> {
+/// Fills the embedding with the teacher's vectors (`source = "teacher"`), or copies pretrained
+/// vectors into it with the other rows random at the vectors' spread; `[PAD]` is zero.
+fn init_embeddings(exp: &Experiment, encoder: &TextEncoder, train_set: &EncodedSet, model: &mut BiLstmStudent, rng: &mut StdRng) -> Result<()> {
     let vocab = encoder.vocab();
     let dim = model.shape.embedding_dim;
     let mut values = model.embedder.as_vec();
+    if let Some(teacher) = exp.vectors_teacher() {
+        let teacher_path = match teacher {
+            VectorsTeacher::Dir(dir) => expand_path(&dir),
+            VectorsTeacher::Pretrained(model) => expand_path(&model),
+            VectorsTeacher::Trained => teacher_dir(exp),
+        };
+        if !teacher_path.join("model.safetensors").is_file() {
+            bail!("{}: no teacher there for embeddings.source = \"teacher\"; run the \"teacher\" stage first", teacher_path.display());
+        }
+        let mut counts = vec![0u64; vocab.len()];
+        for row in train_set.a.iter().chain(train_set.b.iter().flatten()) {
+            row.iter().for_each(|&id| counts[id as usize] += 1);
+        }
+        let e = &exp.embeddings;
+        let settings = VectorSettings { layer: e.layer, pooling: e.pooling.unwrap_or_default(), weighting: e.weighting.unwrap_or_default(), dim };
+        let cache_dir = expand_path(&exp.out_dir).join("cache");
+        let made = teacher_vectors(&teacher_path, vocab.tokens(), vocab.pad_id as usize, &counts, settings, Some(&cache_dir))?;
+        values.copy_from_slice(&made.values);
+        let rms = (made.values.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / made.values.len().max(1) as f64).sqrt();
+        eprintln!(
+            "embeddings: all {} vocab entries from the teacher {} ({dim}d, PCA keeps {:.1}% of the variance, rms {rms:.3}){}",
+            vocab.len(),
+            teacher_path.display(),
+            100.0 * made.explained,
+            match (&made.cache_file, made.cached) {
+                (Some(file), true) => format!("; reused {}", file.display()),
+                (Some(file), false) => format!("; cached in {}", file.display()),
+                (None, _) => String::new(),
+            }
+        );
+    }
     if let (Some(path), Some(format)) = (&exp.embeddings.path, exp.embeddings.format) {
         let path = expand_path(path);
         let t0 = Instant::now();

@@ -2,6 +2,9 @@
 //!
 //! Only rows for words in the student vocab are parsed and kept. A vocab token that is
 //! missing is tried lower-cased and, for a WordPiece continuation (`##ing`), without `##`.
+//! [`teacher`] makes vectors from the experiment's teacher instead.
+
+pub mod teacher;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
