@@ -86,8 +86,7 @@ pub fn teacher_vectors(
     }
     let keep: Vec<usize> = (0..tokens.len()).filter(|&i| i != pad).collect();
     let (mut values, explained) = if settings.dim < hidden {
-        let (projected, explained) = pca(&pooled, hidden, &keep, settings.dim);
-        (projected, explained)
+        pca(&pooled, hidden, &keep, settings.dim)
     } else {
         (pooled, 1.0)
     };
