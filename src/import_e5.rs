@@ -24,7 +24,7 @@ use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
 
-use crate::models::layers::{serialize_tensors, NamedTensor};
+use crate::models::layers::{f32_bytes, f32_values, serialize_tensors, NamedTensor};
 use crate::files::write_dir_atomic;
 
 
@@ -198,7 +198,7 @@ impl<'a> E5Container<'a> {
             bail!("tensor {name} has {count} values; expected {dims:?}");
         }
         Ok(match dtype {
-            0 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect(),
+            0 => f32_values(data),
             _ => dequantize_q4_0(data),
         })
     }
@@ -308,7 +308,7 @@ pub fn convert(c: &E5Container, file: &str) -> Result<HfFiles> {
     let mut tensors: Vec<NamedTensor> = Vec::new();
     for (ours, hf, dims) in tensor_names(&s) {
         let values = c.tensor(&ours, &dims).with_context(|| format!("{file}: tensor {ours}"))?;
-        tensors.push((hf, safetensors::Dtype::F32, dims, values.iter().flat_map(|v| v.to_le_bytes()).collect()));
+        tensors.push((hf, safetensors::Dtype::F32, dims, f32_bytes(&values)));
     }
     let metadata = HashMap::from([
         ("format".to_string(), "pt".to_string()),

@@ -14,7 +14,7 @@ use crate::backend::{StudentBackend, TeacherBackend};
 use crate::config::DeviceName;
 use crate::encode::{EncodedSet, TeacherSet};
 use crate::files::write_atomic;
-use crate::models::layers::serialize_tensors;
+use crate::models::layers::{f32_bytes, f32_values, serialize_tensors};
 use crate::loss::mean_cross_entropy;
 use crate::metrics::{argmax_rows, Metrics};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
@@ -172,7 +172,7 @@ pub fn cached_teacher_logits(
         let view = tensors.tensor("logits").with_context(|| format!("{}: corrupt cache file; delete it", path.display()))?;
         if view.shape() == [texts.len(), num_labels] {
             eprintln!("teacher logits: reusing {} ({} rows, {})", path.display(), texts.len(), precision.name());
-            let logits: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            let logits = f32_values(view.data());
             check_finite(&logits, num_labels, texts, teacher_dir).with_context(|| format!("{}: delete this cache file", path.display()))?;
             return Ok(TransferLogits { logits, rows_per_s });
         }
@@ -197,7 +197,7 @@ pub fn cached_teacher_logits(
         if pass.computed < texts.len() { format!("; {} rows resumed from {}", texts.len() - pass.computed, partial.display()) } else { String::new() },
         path.display()
     );
-    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bytes = f32_bytes(&logits);
     let metadata = std::collections::HashMap::from([
         ("teacher".to_string(), teacher_dir.display().to_string()),
         ("precision".to_string(), precision.name().to_string()),
@@ -235,7 +235,7 @@ fn resumable_pass(teacher: &TeacherBackend, rows: &[(Vec<u32>, Vec<u32>)], pad_i
         let file = partial.join(format!("{index:06}.f32"));
         let values = match std::fs::read(&file) {
             Ok(bytes) if bytes.len() == segment.len() * classes * 4 => {
-                bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect::<Vec<f32>>()
+                f32_values(&bytes)
             }
             _ => {
                 if stop_after == Some(new_segments) {
@@ -243,7 +243,7 @@ fn resumable_pass(teacher: &TeacherBackend, rows: &[(Vec<u32>, Vec<u32>)], pad_i
                 }
                 let values = predict_in_order(teacher, rows, segment, pad_id, batch_size, &bar)?;
                 TEACHER_INFERENCE_ROWS.fetch_add(segment.len(), Ordering::Relaxed);
-                write_atomic(&file, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+                write_atomic(&file, &f32_bytes(&values))?;
                 computed += segment.len();
                 new_segments += 1;
                 values

@@ -23,7 +23,7 @@ use crate::config::{Pooling, Weighting};
 use crate::files::{safetensors_intact, write_atomic};
 use crate::models::bert::{BertInput, BertModel};
 use crate::models::bert_inference::BertInference;
-use crate::models::layers::serialize_tensors;
+use crate::models::layers::{f32_bytes, f32_values, serialize_tensors};
 use crate::ops::packed::Precision;
 use crate::tokenize::BertTokenizer;
 
@@ -50,7 +50,6 @@ pub struct VectorSettings {
 /// One vector per vocab entry, `[entries, dim]` row-major.
 pub struct TeacherVectors {
     pub values: Vec<f32>,
-    pub dim: usize,
     /// Share of the variance the kept PCA components explain (1 without PCA).
     pub explained: f64,
     pub cache_file: Option<PathBuf>,
@@ -72,18 +71,10 @@ pub fn teacher_vectors(
     if let Some(file) = &cache_file {
         if let Some((values, explained)) = read_cached(file, tokens.len(), settings.dim) {
             CACHE_HITS.fetch_add(1, Ordering::Relaxed);
-            return Ok(TeacherVectors { values, dim: settings.dim, explained, cache_file, cached: true });
+            return Ok(TeacherVectors { values, explained, cache_file, cached: true });
         }
     }
-    let pooled = pooled_hidden_states(teacher_dir, tokens, pad, settings)?;
-    let hidden = pooled.len() / tokens.len().max(1);
-    if settings.dim > hidden {
-        bail!(
-            "student.embedding_dim = {} but the teacher ({}) is {hidden} wide; teacher-made vectors can be at most that (lower student.embedding_dim)",
-            settings.dim,
-            teacher_dir.display()
-        );
-    }
+    let (pooled, hidden) = pooled_hidden_states(teacher_dir, tokens, pad, settings)?;
     let keep: Vec<usize> = (0..tokens.len()).filter(|&i| i != pad).collect();
     let (mut values, explained) = if settings.dim < hidden {
         pca(&pooled, hidden, &keep, settings.dim)
@@ -98,7 +89,7 @@ pub fn teacher_vectors(
         bail!("{}: the teacher gave a non-finite vector for vocab entry {:?}", teacher_dir.display(), tokens[bad / settings.dim]);
     }
     if let Some(file) = &cache_file {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes = f32_bytes(&values);
         let metadata = HashMap::from([
             ("teacher".to_string(), teacher_dir.display().to_string()),
             ("explained".to_string(), explained.to_string()),
@@ -109,7 +100,7 @@ pub fn teacher_vectors(
         }
         write_atomic(file, &serialize_tensors(&tensors, Some(metadata))?)?;
     }
-    Ok(TeacherVectors { values, dim: settings.dim, explained, cache_file, cached: false })
+    Ok(TeacherVectors { values, explained, cache_file, cached: false })
 }
 
 /// The teacher's ids for each entry, `[CLS] pieces [SEP]` (empty for `pad`).
@@ -140,8 +131,8 @@ pub fn entry_ids(tokenizer: &BertTokenizer, tokens: &[String], pad: usize) -> Re
         .collect()
 }
 
-/// Pooled hidden states `[entries, hidden]` (zeros for `pad`).
-fn pooled_hidden_states(teacher_dir: &Path, tokens: &[String], pad: usize, settings: VectorSettings) -> Result<Vec<f32>> {
+/// Pooled hidden states `[entries, hidden]` (zeros for `pad`) and `hidden`, the teacher's width.
+fn pooled_hidden_states(teacher_dir: &Path, tokens: &[String], pad: usize, settings: VectorSettings) -> Result<(Vec<f32>, usize)> {
     let t0 = Instant::now();
     let tokenizer = BertTokenizer::load(teacher_dir, MAX_PIECES + 2)?;
     let bert = BertModel::load(teacher_dir, &Cpu::default())?;
@@ -151,6 +142,13 @@ fn pooled_hidden_states(teacher_dir: &Path, tokens: &[String], pad: usize, setti
         bail!("embeddings.layer = {layers} but the teacher ({}) has {} layers; use 0 to {}", teacher_dir.display(), encoder.num_layers(), encoder.num_layers());
     }
     let hidden = bert.config.hidden_size;
+    if settings.dim > hidden {
+        bail!(
+            "student.embedding_dim = {} but the teacher ({}) is {hidden} wide; teacher-made vectors can be at most that (lower student.embedding_dim)",
+            settings.dim,
+            teacher_dir.display()
+        );
+    }
     let ids = entry_ids(&tokenizer, tokens, pad)?;
     // Similar lengths batch together, so little padding is computed.
     let mut order: Vec<usize> = (0..tokens.len()).filter(|&i| i != pad).collect();
@@ -176,7 +174,7 @@ fn pooled_hidden_states(teacher_dir: &Path, tokens: &[String], pad: usize, setti
         settings.pooling,
         t0.elapsed().as_secs_f64()
     );
-    Ok(pooled)
+    Ok((pooled, hidden))
 }
 
 /// One entry's vector from its hidden states `[CLS] pieces [SEP]`, `[len, hidden]`.
@@ -329,7 +327,7 @@ fn read_cached(file: &Path, entries: usize, dim: usize) -> Option<(Vec<f32>, f64
     if view.shape() != [entries, dim] {
         return None;
     }
-    let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+    let values = f32_values(view.data());
     values.iter().all(|v| v.is_finite()).then_some((values, explained))
 }
 

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::ops::attention::{attention, AttentionShape};
 use crate::ops::dropout::{dropout, DropoutRng};
 use super::bert_inference::BertInference;
-use super::layers::{gelu, safetensors_bytes, LayerNorm, Linear, ParamMut};
+use super::layers::{f32_values, gelu, safetensors_bytes, LayerNorm, Linear, ParamMut};
 use crate::ops::packed::Precision;
 use crate::ops::Matrix;
 use crate::files::write_dir_atomic;
@@ -118,7 +118,7 @@ impl<'a> Weights<'a> {
         if view.shape() != dims {
             bail!("{}: tensor {name} has shape {:?}; config.json implies {:?}", self.path.display(), view.shape(), dims);
         }
-        Ok(view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+        Ok(f32_values(view.data()))
     }
 
     /// Fills every parameter of `params` from the tensor of the same name (shapes checked).

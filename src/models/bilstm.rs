@@ -15,7 +15,7 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{safetensors_bytes, uniform, Linear, ParamMut};
+use super::layers::{f32_values, safetensors_bytes, uniform, Linear, ParamMut};
 use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection, Matrix, Packing, ProjectionCache};
 use std::sync::Mutex;
 use crate::config::PairFeatures;
@@ -244,9 +244,7 @@ impl BiLstmStudent {
             if view.shape() != param.dims().as_slice() {
                 bail!("{}: tensor {name} has shape {:?}; expected {:?}", path.display(), view.shape(), param.dims());
             }
-            let values: Vec<f32> =
-                view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
-            param.set_values(&values);
+            param.set_values(&f32_values(view.data()));
         }
         Ok(student)
     }

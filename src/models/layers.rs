@@ -278,10 +278,20 @@ pub fn safetensors_bytes(
     let tensors: Vec<NamedTensor> = params
         .iter()
         .map(|(name, p)| {
-            (name.clone(), safetensors::Dtype::F32, p.dims(), p.values().iter().flat_map(|v| v.to_le_bytes()).collect())
+            (name.clone(), safetensors::Dtype::F32, p.dims(), f32_bytes(&p.values()))
         })
         .collect();
     serialize_tensors(&tensors, Some(metadata))
+}
+
+/// F32 values as little-endian bytes, the layout of a safetensors F32 tensor.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Little-endian bytes (a multiple of 4) back to F32 values.
+pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
 }
 
 /// A tensor to serialise: name, dtype, dims and its little-endian bytes.

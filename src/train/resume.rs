@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Metrics;
-use crate::models::layers::{serialize_tensors, NamedTensor, ParamMut};
+use crate::models::layers::{f32_bytes, f32_values, serialize_tensors, NamedTensor, ParamMut};
 use crate::ops::dropout::{DropoutRng, RngPosition};
 use crate::optim::Optimizer;
 use crate::report::{csv_bytes, MetricsRow};
@@ -100,14 +100,6 @@ impl TrainingState<'_, '_> {
         self.optimizer.restore_moments(steps, self.params, moments);
         self.dropout_rng.restore(&rng)
     }
-}
-
-fn f32_bytes(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn f32_values(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()
 }
 
 /// The training loop's counters at a checkpoint. Floats are kept as their bits: JSON text

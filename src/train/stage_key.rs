@@ -31,32 +31,24 @@ pub fn stage_key(exp: &Experiment, stage: Stage) -> String {
         #[serde(skip_serializing_if = "Option::is_none")]
         vectors_teacher: Option<String>,
     }
-    if stage == Stage::Teacher {
-        return teacher_dir(exp).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    }
-    let vectors_teacher = exp.vectors_teacher().map(|t| match t {
-        VectorsTeacher::Dir(dir) => format!("dir:{dir}"),
-        VectorsTeacher::Trained => format!("trained:{}", stage_key(exp, Stage::Teacher)),
-        VectorsTeacher::Pretrained(model) => format!("pretrained:{model}"),
-    });
-    let common = Common {
-        task: exp.task,
-        seed: exp.seed,
-        device: exp.device,
-        data: &exp.data,
-        vocab: &exp.vocab,
-        embeddings: &exp.embeddings,
-        vectors_teacher,
+    // Built only for the student stages: the vectors' teacher may be named by its own key.
+    let common = || {
+        let vectors_teacher = exp.vectors_teacher().map(|t| match t {
+            VectorsTeacher::Dir(dir) => format!("dir:{dir}"),
+            VectorsTeacher::Trained => format!("trained:{}", stage_key(exp, Stage::Teacher)),
+            VectorsTeacher::Pretrained(model) => format!("pretrained:{model}"),
+        });
+        Common { task: exp.task, seed: exp.seed, device: exp.device, data: &exp.data, vocab: &exp.vocab, embeddings: &exp.embeddings, vectors_teacher }
     };
     match stage {
-        Stage::Teacher => unreachable!("returned above"),
+        Stage::Teacher => teacher_dir(exp).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
         Stage::Student => {
             #[derive(Serialize)]
             struct StudentInputs<'a> {
                 common: Common<'a>,
                 student: &'a Option<crate::config::StudentConfig>,
             }
-            format!("student-{}", hash(&StudentInputs { common, student: &exp.student }))
+            format!("student-{}", hash(&StudentInputs { common: common(), student: &exp.student }))
         }
         Stage::Distill => {
             /// What the distill stage reads of `[student]`: the architecture, not its training knobs.
@@ -92,7 +84,7 @@ pub fn stage_key(exp: &Experiment, stage: Stage) -> String {
                 train_embeddings: s.train_embeddings,
             });
             let inputs = DistillInputs {
-                common,
+                common: common(),
                 teacher,
                 teacher_max_seq_len: exp.teacher.as_ref().map_or(128, |t| t.max_seq_len),
                 student,
