@@ -46,6 +46,9 @@ pub struct BenchArgs {
     /// Training batch size.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// A second training batch size, measured the same way (the distill stage's 128).
+    #[arg(long, default_value_t = 128)]
+    pub large_batch: usize,
     /// Inference batch size.
     #[arg(long, default_value_t = 256)]
     pub infer_batch: usize,
@@ -55,6 +58,9 @@ pub struct BenchArgs {
     /// Timed inference batches (after 2 warm-up batches).
     #[arg(long, default_value_t = 30)]
     pub infer_steps: usize,
+    /// Timed single-sentence predictions for the latency figure (after 10 warm-up ones).
+    #[arg(long, default_value_t = 200)]
+    pub latency_steps: usize,
     /// Python with PyTorch for the reference numbers (default: $DISTILL_TORCH_PYTHON, else python3).
     #[arg(long)]
     pub python: Option<PathBuf>,
@@ -83,7 +89,7 @@ pub struct BenchArgs {
 }
 
 /// Sentences per second of one measurement.
-#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
 pub struct Throughput {
     pub train_sentences_per_s: f64,
     pub infer_sentences_per_s: f64,
@@ -93,12 +99,11 @@ pub struct Throughput {
     pub infer_bf16_sentences_per_s: Option<f64>,
     #[serde(default)]
     pub infer_int8_sentences_per_s: Option<f64>,
-}
-
-impl Throughput {
-    fn new(train: f64, infer: f64) -> Throughput {
-        Throughput { train_sentences_per_s: train, infer_sentences_per_s: infer, infer_bf16_sentences_per_s: None, infer_int8_sentences_per_s: None }
-    }
+    /// Student only: training at `--large-batch`, and milliseconds per single-sentence prediction.
+    #[serde(default)]
+    pub train_large_batch_sentences_per_s: Option<f64>,
+    #[serde(default)]
+    pub latency_ms: Option<f64>,
 }
 
 fn random_input(rng: &mut StdRng, args: &BenchArgs, batch: usize) -> StudentInput {
@@ -127,22 +132,27 @@ fn bench_student_model(args: &BenchArgs) -> (StdRng, BiLstmStudent) {
 }
 
 /// Measures the student (Adadelta, sparse embedding rows) on random full-length batches,
-/// on the device of `--device`.
+/// on the device of `--device`: training at `--batch` and `--large-batch`, inference at
+/// `--infer-batch`, and single-sentence latency.
 pub fn measure_student(args: &BenchArgs) -> Result<Throughput> {
     let (mut rng, model) = bench_student_model(args);
     let mut student = StudentBackend::new(model, OptimizerConfig::new(OptimizerName::Adadelta, 1.0), true, args.device, 0)?;
-    let inputs: Vec<StudentInput> = (0..4).map(|_| random_input(&mut rng, args, args.batch)).collect();
-    let labels: Vec<Vec<usize>> = (0..4).map(|_| (0..args.batch).map(|_| rng.gen_range(0..2)).collect()).collect();
-    // Each step reads its loss back, so the clock sees finished work on any device.
-    let mut train_step = |i: usize| student.train_step(&inputs[i % 4], &labels[i % 4], &Targets::Gold, 0.0);
-    for i in 0..2 {
-        train_step(i)?;
-    }
-    let start = Instant::now();
-    for i in 0..args.steps {
-        train_step(i)?;
-    }
-    let train = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
+    let mut train_rate = |batch: usize, rng: &mut StdRng| -> Result<f64> {
+        let inputs: Vec<StudentInput> = (0..4).map(|_| random_input(rng, args, batch)).collect();
+        let labels: Vec<Vec<usize>> = (0..4).map(|_| (0..batch).map(|_| rng.gen_range(0..2)).collect()).collect();
+        // Each step reads its loss back, so the clock sees finished work on any device.
+        let mut train_step = |i: usize| student.train_step(&inputs[i % 4], &labels[i % 4], &Targets::Gold, 0.0);
+        for i in 0..2 {
+            train_step(i)?;
+        }
+        let start = Instant::now();
+        for i in 0..args.steps {
+            train_step(i)?;
+        }
+        Ok((args.steps * batch) as f64 / start.elapsed().as_secs_f64())
+    };
+    let train = train_rate(args.batch, &mut rng)?;
+    let train_large = train_rate(args.large_batch, &mut rng)?;
 
     let infer_inputs: Vec<StudentInput> = (0..4).map(|_| random_input(&mut rng, args, args.infer_batch)).collect();
     for input in infer_inputs.iter().take(2) {
@@ -153,7 +163,23 @@ pub fn measure_student(args: &BenchArgs) -> Result<Throughput> {
         student.predict_logits(&infer_inputs[i % 4])?;
     }
     let infer = (args.infer_steps * args.infer_batch) as f64 / start.elapsed().as_secs_f64();
-    Ok(Throughput::new(train, infer))
+
+    let sentences: Vec<StudentInput> = (0..16).map(|_| random_input(&mut rng, args, 1)).collect();
+    for input in sentences.iter().take(10) {
+        student.predict_logits(input)?;
+    }
+    let start = Instant::now();
+    for i in 0..args.latency_steps {
+        student.predict_logits(&sentences[i % 16])?;
+    }
+    let latency_ms = 1e3 * start.elapsed().as_secs_f64() / args.latency_steps.max(1) as f64;
+    Ok(Throughput {
+        train_sentences_per_s: train,
+        infer_sentences_per_s: infer,
+        train_large_batch_sentences_per_s: Some(train_large),
+        latency_ms: Some(latency_ms),
+        ..Throughput::default()
+    })
 }
 
 /// `rows` random full-length texts of `seq` tokens (single segment).
@@ -210,6 +236,7 @@ pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
         infer_sentences_per_s: rates[0],
         infer_bf16_sentences_per_s: rates.get(1).copied(),
         infer_int8_sentences_per_s: rates.get(2).copied(),
+        ..Throughput::default()
     })
 }
 
@@ -224,9 +251,11 @@ fn measure_torch_student(args: &BenchArgs) -> Result<Option<Throughput>> {
             ("--hidden", args.hidden.to_string()),
             ("--seq-len", args.seq_len.to_string()),
             ("--batch", args.batch.to_string()),
+            ("--large-batch", args.large_batch.to_string()),
             ("--infer-batch", args.infer_batch.to_string()),
             ("--steps", args.steps.to_string()),
             ("--infer-steps", args.infer_steps.to_string()),
+            ("--latency-steps", args.latency_steps.to_string()),
             ("--device", args.device.name().to_string()),
         ],
         false,
@@ -290,18 +319,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.model != BenchModel::Teacher {
         println!(
-            "student on {}: vocab {}, embedding {}, hidden {} ×2, sequence {}, train batch {}, inference batch {}, {} threads, {} rounds",
+            "student on {}: vocab {}, embedding {}, hidden {} ×2, sequence {}, train batch {} and {}, inference batch {} and 1, {} threads, {} rounds",
             args.device.name(),
             args.vocab,
             args.embedding_dim,
             args.hidden,
             args.seq_len,
             args.batch,
+            args.large_batch,
             args.infer_batch,
             rayon::current_num_threads(),
             args.rounds
         );
-        compare(&args, "train (Adadelta)", || measure_student(&args), || measure_torch_student(&args))?;
+        let train_label = format!("train batch {} (Adadelta)", args.batch);
+        compare(&args, &train_label, || measure_student(&args), || measure_torch_student(&args))?;
     }
     if args.model != BenchModel::Student {
         println!(
@@ -335,13 +366,24 @@ fn compare(
             (Some(b), Some(i)) => format!(" (bf16 {b:.1}, int8 {i:.1})"),
             _ => String::new(),
         };
+        let student_extras = |t: &Throughput| match (t.train_large_batch_sentences_per_s, t.latency_ms) {
+            (Some(large), Some(ms)) => format!(" (large batch {large:.1}; batch 1 {ms:.3} ms)"),
+            _ => String::new(),
+        };
         println!(
-            "round {round}: distill train {:.1}, inference {:.1}{}{}",
+            "round {round}: distill train {:.1}{}, inference {:.1}{}{}",
             o.train_sentences_per_s,
+            student_extras(&o),
             o.infer_sentences_per_s,
             reduced(&o),
-            t.map(|t| format!("; pytorch train {:.1}, inference {:.1}{}", t.train_sentences_per_s, t.infer_sentences_per_s, reduced(&t)))
-                .unwrap_or_default()
+            t.map(|t| format!(
+                "; pytorch train {:.1}{}, inference {:.1}{}",
+                t.train_sentences_per_s,
+                student_extras(&t),
+                t.infer_sentences_per_s,
+                reduced(&t)
+            ))
+            .unwrap_or_default()
         );
         ours.push(o);
         torch.extend(t);
@@ -354,7 +396,20 @@ fn compare(
         None => println!("{what:<28} {a:>14.1} {:>14} {:>8}", "n/a", "-"),
     };
     line(train_label, med(&ours, |t| t.train_sentences_per_s), torch_med(|t| t.train_sentences_per_s));
+    let optional_median = |v: &[Throughput], get: fn(&Throughput) -> Option<f64>| {
+        (!v.is_empty() && v.iter().all(|t| get(t).is_some())).then(|| median(v.iter().filter_map(get).collect()))
+    };
+    if let Some(mine) = optional_median(&ours, |t| t.train_large_batch_sentences_per_s) {
+        line(&format!("train batch {}", args.large_batch), mine, optional_median(&torch, |t| t.train_large_batch_sentences_per_s));
+    }
     line("inference", med(&ours, |t| t.infer_sentences_per_s), torch_med(|t| t.infer_sentences_per_s));
+    // Latency: lower is better, so the ratio is ours over PyTorch's (the target is ≤ 0.5).
+    if let Some(mine) = optional_median(&ours, |t| t.latency_ms) {
+        match optional_median(&torch, |t| t.latency_ms) {
+            Some(theirs) => println!("{:<28} {mine:>14.3} {theirs:>14.3} {:>7.2}x", "batch-1 latency (ms)", mine / theirs),
+            None => println!("{:<28} {mine:>14.3} {:>14} {:>8}", "batch-1 latency (ms)", "n/a", "-"),
+        }
+    }
     // Reduced precision: each beside its like (PyTorch bf16 autocast, dynamic int8), and
     // beside PyTorch's FP32, the baseline users compare with.
     type ReducedRate = fn(&Throughput) -> Option<f64>;
