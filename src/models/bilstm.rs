@@ -171,7 +171,7 @@ impl BiLstmStudent {
         let tokens = &input.tokens;
         let encoded = {
             let mut guard = self.projections.lock().unwrap_or_else(|e| e.into_inner());
-            let cache = guard.get_or_insert_with(|| ProjectionCache::new(self.shape.vocab_size, self.shape.hidden_size));
+            let cache = guard.get_or_insert_with(|| ProjectionCache::new(self.shape.vocab_size, &self.lstm_forward, &self.lstm_backward));
             bilstm_final_states_cached(&tokens.ids, &tokens.packing, &self.embedder, &self.lstm_forward, &self.lstm_backward, cache)
         };
         let encoded = self.embedder.device().tensor_from_vec(encoded, (tokens.rows(), 2 * self.shape.hidden_size));

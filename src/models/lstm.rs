@@ -149,15 +149,13 @@ impl GateInput<'_> {
 fn direction_forward(
     mut input: GateInput<'_>,
     packing: &Packing,
-    w: &LstmDirection,
+    w_hh_t: &PackedRhs,
+    hidden: usize,
     reverse: bool,
     keep_trace: bool,
 ) -> (Vec<f32>, Option<Trace>) {
     let (batch, steps, total) = (packing.batch(), packing.steps(), packing.total);
-    let hidden = w.hidden_size();
     let g4 = 4 * hidden;
-    let w_hh = w.weight_hh.as_vec();
-    let w_hh_t = PackedRhs::new(MatRef::new(&w_hh, g4, hidden).t());
     let mut h = vec![0f32; batch * hidden];
     let mut c = vec![0f32; batch * hidden];
     assert!(!keep_trace || matches!(input, GateInput::Computed(_)), "a trace needs computed gates");
@@ -186,6 +184,12 @@ fn direction_forward(
         tr.gates = gates;
     }
     (h, trace)
+}
+
+/// `W_hhᵀ` packed for the recurrent products of one direction.
+fn packed_recurrent(w: &LstmDirection) -> PackedRhs {
+    let hidden = w.hidden_size();
+    PackedRhs::new(MatRef::new(&w.weight_hh.as_vec(), 4 * hidden, hidden).t())
 }
 
 /// Backward through one direction, from the gradient of its final hidden state.
@@ -261,10 +265,10 @@ pub fn bilstm_final_states<T: Tape<f32, Cpu>>(
     let (x, mut tape) = x.split_tape();
     let xs = x.as_vec();
     let keep = T::OWNS_TAPE;
-    let ((h_fwd, tr_fwd), (h_bwd, tr_bwd)) = rayon::join(
-        || direction_forward(GateInput::Computed(input_projection(&xs, rows, forward)), packing, forward, false, keep),
-        || direction_forward(GateInput::Computed(input_projection(&xs, rows, backward)), packing, backward, true, keep),
-    );
+    let run = |w: &LstmDirection, reverse: bool| {
+        direction_forward(GateInput::Computed(input_projection(&xs, rows, w)), packing, &packed_recurrent(w), hidden, reverse, keep)
+    };
+    let ((h_fwd, tr_fwd), (h_bwd, tr_bwd)) = rayon::join(|| run(forward, false), || run(backward, true));
     let out = unpack_final_states(packing, &h_fwd, &h_bwd, hidden);
     let out = x.device().tensor_from_vec(out, (batch, 2 * hidden));
     if !keep {
@@ -310,25 +314,29 @@ fn unpack_final_states(packing: &Packing, h_fwd: &[f32], h_bwd: &[f32], hidden: 
     out
 }
 
-/// Input projections of the embedding rows, `embedding[id] · W_ihᵀ + b`, per token id and
-/// direction, computed the first time an id is seen. For inference only: with frozen
-/// weights the input GEMM of every batch becomes a row copy, which halves the work.
+/// What inference with frozen weights computes once and reuses across calls: the input
+/// projections of the embedding rows, `embedding[id] · W_ihᵀ + b`, per token id and
+/// direction (computed the first time an id is seen), so the input GEMM of every batch
+/// becomes a row copy, which halves the work; and `W_hhᵀ` packed for the recurrent products,
+/// which is most of the work of a single-sentence prediction if done per call.
 pub struct ProjectionCache {
     width: usize,
     forward: Vec<f32>,
     backward: Vec<f32>,
     filled: Vec<bool>,
+    recurrent: [PackedRhs; 2],
 }
 
 impl ProjectionCache {
-    pub fn new(vocab_size: usize, hidden: usize) -> ProjectionCache {
-        let width = 4 * hidden;
+    pub fn new(vocab_size: usize, forward: &LstmDirection, backward: &LstmDirection) -> ProjectionCache {
+        let width = 4 * forward.hidden_size();
         // Zeroed allocations are mapped lazily: rows never used cost no memory.
         ProjectionCache {
             width,
             forward: vec![0f32; vocab_size * width],
             backward: vec![0f32; vocab_size * width],
             filled: vec![false; vocab_size],
+            recurrent: [packed_recurrent(forward), packed_recurrent(backward)],
         }
     }
 
@@ -340,12 +348,9 @@ impl ProjectionCache {
         if missing.is_empty() {
             return;
         }
-        let dim = embedding.shape().1;
-        let table = embedding.as_vec();
-        let mut x = Vec::with_capacity(missing.len() * dim);
-        for &i in &missing {
-            x.extend_from_slice(&table[i * dim..(i + 1) * dim]);
-        }
+        // Only the missing rows leave the tensor, not the whole embedding.
+        let rows = embedding.device().tensor_from_vec(missing.clone(), (missing.len(),));
+        let x = embedding.clone().gather(rows).as_vec();
         let (pf, pb) = rayon::join(
             || input_projection(&x, missing.len(), forward),
             || input_projection(&x, missing.len(), backward),
@@ -371,10 +376,12 @@ pub fn bilstm_final_states_cached(
 ) -> Vec<f32> {
     assert_eq!(ids.len(), packing.total);
     cache.fill(ids, embedding, forward, backward);
+    let hidden = forward.hidden_size();
+    let [fwd_recurrent, bwd_recurrent] = &cache.recurrent;
     let (fwd_table, bwd_table) = (&cache.forward, &cache.backward);
     let ((h_fwd, _), (h_bwd, _)) = rayon::join(
-        || direction_forward(GateInput::Table { table: fwd_table, ids, buffer: Vec::new() }, packing, forward, false, false),
-        || direction_forward(GateInput::Table { table: bwd_table, ids, buffer: Vec::new() }, packing, backward, true, false),
+        || direction_forward(GateInput::Table { table: fwd_table, ids, buffer: Vec::new() }, packing, fwd_recurrent, hidden, false, false),
+        || direction_forward(GateInput::Table { table: bwd_table, ids, buffer: Vec::new() }, packing, bwd_recurrent, hidden, true, false),
     );
-    unpack_final_states(packing, &h_fwd, &h_bwd, forward.hidden_size())
+    unpack_final_states(packing, &h_fwd, &h_bwd, hidden)
 }
