@@ -7,7 +7,7 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use crate::config::OptimizerName;
-use crate::models::layers::ParamMut;
+use crate::models::layers::{ParamMut, RowGrads};
 
 #[derive(Debug, Clone, Copy)]
 pub struct OptimizerConfig {
@@ -82,31 +82,27 @@ impl Optimizer {
         self.cfg.lr = lr as f32;
     }
 
-    /// Applies one update to every parameter whose `trainable` flag is set.
-    ///
-    /// `rows[i]`, if given, lists the only rows of matrix parameter `i` whose gradient can be
-    /// non-zero (the embedding rows of the batch's tokens). Adadelta then updates just those
-    /// rows and applies the skipped steps' decay lazily: with a zero gradient a step leaves
-    /// the value unchanged and multiplies both averages by rho, so the result is exactly the
-    /// dense update. Adam moves values even on a zero gradient, so it stays dense.
     /// Backpropagates `loss`, clips the global gradient norm to `max_grad_norm` when that is
     /// positive, and takes one step on `params` (see [`Optimizer::step`]); returns the loss.
-    /// A non-finite loss makes no update (the caller stops with advice).
+    /// `row_grads` gives, from the gradients, the row gradients of the lookup tables among
+    /// `params` (by position; `None` or missing for the others). A non-finite loss makes no
+    /// update (the caller stops with advice).
     pub fn minimize(
         &mut self,
         loss: Tensor<(), f32, Cpu, OwnedTape<f32, Cpu>>,
         mut params: Vec<(String, ParamMut<'_>)>,
         trainable: &[bool],
-        rows: &[Option<&[usize]>],
+        row_grads: impl FnOnce(&Gradients<f32, Cpu>) -> Vec<Option<RowGrads>>,
         max_grad_norm: f32,
     ) -> f64 {
         let loss_value = loss.array() as f64;
         if loss_value.is_finite() {
             let mut grads = loss.backward();
+            let mut rows = row_grads(&grads);
             if max_grad_norm > 0.0 {
-                clip_grad_norm(&params, &mut grads, max_grad_norm);
+                clip_grad_norm(&params, &mut grads, &mut rows, max_grad_norm);
             }
-            self.step(&mut params, trainable, rows, &mut grads);
+            self.step(&mut params, trainable, &rows, &mut grads);
         }
         loss_value
     }
@@ -129,11 +125,18 @@ impl Optimizer {
             .collect();
     }
 
+    /// Applies one update to every parameter whose `trainable` flag is set.
+    ///
+    /// `rows[i]`, if given, is the gradient of table `i` over the only rows where it can be
+    /// non-zero (the embedding rows of the batch's tokens). Adadelta then updates just those
+    /// rows and applies the skipped steps' decay lazily: with a zero gradient a step leaves
+    /// the value unchanged and multiplies both averages by rho, so the result is exactly the
+    /// dense update. Adam moves values even on a zero gradient, so it stays dense.
     pub fn step(
         &mut self,
         params: &mut [(String, ParamMut<'_>)],
         trainable: &[bool],
-        rows: &[Option<&[usize]>],
+        rows: &[Option<RowGrads>],
         grads: &mut Gradients<f32, Cpu>,
     ) {
         if self.state.is_empty() {
@@ -153,19 +156,19 @@ impl Optimizer {
             if !trainable[i] {
                 continue;
             }
-            let grad = param.grad(grads);
+            let sparse = rows.get(i).and_then(Option::as_ref);
             let decay = cfg.weight_decay > 0.0 && !self.no_decay.get(i).copied().unwrap_or(false);
             if decay {
                 let keep = 1.0 - cfg.lr * cfg.weight_decay;
                 st.values.par_chunks_mut(CHUNK).for_each(|p| p.iter_mut().for_each(|v| *v *= keep));
             }
-            match (cfg.kind, rows.get(i).copied().flatten()) {
-                (OptimizerName::Adadelta, Some(rows)) => {
+            match (cfg.kind, sparse) {
+                (OptimizerName::Adadelta, Some(sparse)) => {
                     let width = param.dims()[1];
                     if st.row_step.is_empty() {
                         st.row_step = vec![0; st.values.len() / width];
                     }
-                    for &r in rows {
+                    for (&r, grad) in sparse.rows.iter().zip(sparse.grad.chunks_exact(width)) {
                         let span = r * width..(r + 1) * width;
                         let skipped = (steps - st.row_step[r] - 1) as i32;
                         if skipped > 0 {
@@ -174,10 +177,24 @@ impl Optimizer {
                             st.s2[span.clone()].iter_mut().for_each(|v| *v *= decay);
                         }
                         st.row_step[r] = steps;
-                        adadelta(&mut st.values[span.clone()], &grad[span.clone()], &mut st.s1[span.clone()], &mut st.s2[span], cfg);
+                        adadelta(&mut st.values[span.clone()], grad, &mut st.s1[span.clone()], &mut st.s2[span], cfg);
+                    }
+                    if decay {
+                        param.set_values(&st.values);
+                    } else {
+                        param.set_rows(&st.values, &sparse.rows);
                     }
                 }
-                (kind, _) => {
+                (kind, sparse) => {
+                    let dense;
+                    let grad: &[f32] = match sparse {
+                        Some(sparse) => {
+                            let width = param.dims()[1];
+                            dense = sparse.to_dense(st.values.len() / width, width);
+                            &dense
+                        }
+                        None => param.grad(grads),
+                    };
                     st.values
                         .par_chunks_mut(CHUNK)
                         .zip(grad.par_chunks(CHUNK))
@@ -186,9 +203,9 @@ impl Optimizer {
                             OptimizerName::Adadelta => adadelta(p, g, a, b, cfg),
                             OptimizerName::Adam => adam(p, g, a, b, cfg, steps as i32),
                         });
+                    param.set_values(&st.values);
                 }
             }
-            param.set_values(&st.values);
         }
     }
 }
@@ -218,18 +235,31 @@ fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], cfg: OptimizerCo
     }
 }
 
-/// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm before.
-/// The embedding's gradient is dense here, so clipping costs a pass over all of it.
-pub fn clip_grad_norm(params: &[(String, ParamMut<'_>)], grads: &mut Gradients<f32, Cpu>, max_norm: f32) -> f32 {
+/// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
+/// before. A table with row gradients (`rows[i]`) counts those rows, the only non-zero ones.
+pub fn clip_grad_norm(
+    params: &[(String, ParamMut<'_>)],
+    grads: &mut Gradients<f32, Cpu>,
+    rows: &mut [Option<RowGrads>],
+    max_norm: f32,
+) -> f32 {
     let mut total = 0f64;
-    for (_, p) in params {
-        total += p.grad(grads).iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>();
+    for (i, (_, p)) in params.iter().enumerate() {
+        let grad: &[f32] = match rows.get(i).and_then(Option::as_ref) {
+            Some(sparse) => &sparse.grad,
+            None => p.grad(grads),
+        };
+        total += grad.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>();
     }
     let norm = total.sqrt() as f32;
     if max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);
-        for (_, p) in params {
-            p.grad(grads).par_iter_mut().for_each(|g| *g *= scale);
+        for (i, (_, p)) in params.iter().enumerate() {
+            let grad: &mut [f32] = match rows.get_mut(i).and_then(Option::as_mut) {
+                Some(sparse) => &mut sparse.grad,
+                None => p.grad(grads),
+            };
+            grad.par_iter_mut().for_each(|g| *g *= scale);
         }
     }
     norm

@@ -72,9 +72,11 @@ impl StudentBackend {
     pub fn train_step(&mut self, input: &StudentInput, labels: &[usize], targets: &Targets, max_grad_norm: f32) -> Result<f64> {
         match &mut self.device {
             StudentDevice::Cpu { optimizer, trainable, dropout_rng } => {
-                let value = loss::loss(self.model.forward_train(input, dropout_rng), labels, targets);
-                let rows = input.tokens.distinct_ids();
-                Ok(optimizer.minimize(value, self.model.params_mut(), trainable, &[Some(rows.as_slice())], max_grad_norm))
+                let (logits, embedding) = self.model.forward_train(input, dropout_rng);
+                let value = loss::loss(logits, labels, targets);
+                // The embedding comes first in params_mut.
+                let row_grads = |grads: &_| vec![Some(embedding.row_grads(grads))];
+                Ok(optimizer.minimize(value, self.model.params_mut(), trainable, row_grads, max_grad_norm))
             }
             StudentDevice::Gpu(gpu) => Ok(gpu.train_step(input, labels, targets, max_grad_norm, self.train_embeddings)? as f64),
         }

@@ -15,7 +15,7 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{f32_values, safetensors_bytes, uniform, Linear, ParamMut};
+use super::layers::{f32_values, safetensors_bytes, uniform, Embedding, Linear, ParamMut, RowGrads};
 use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection, Matrix, Packing, ProjectionCache};
 use std::sync::Mutex;
 use crate::config::PairFeatures;
@@ -87,7 +87,7 @@ pub struct StudentInput {
 pub struct BiLstmStudent {
     pub shape: StudentShape,
     pub dropout: f32,
-    pub embedder: Matrix,
+    pub embedder: Embedding,
     pub lstm_forward: LstmDirection,
     pub lstm_backward: LstmDirection,
     pub fc: Linear,
@@ -123,7 +123,7 @@ impl BiLstmStudent {
         };
         let lstm_forward = direction(rng);
         let lstm_backward = direction(rng);
-        let embedder = uniform(dev, (shape.vocab_size, e), 0.1, rng);
+        let embedder = Embedding::new(uniform(dev, (shape.vocab_size, e), 0.1, rng).as_vec(), shape.vocab_size, e);
         BiLstmStudent {
             shape,
             dropout,
@@ -136,17 +136,20 @@ impl BiLstmStudent {
         }
     }
 
-    /// Logits `[examples, num_labels]`. `embedder` is `self.embedder`, traced or not:
-    /// the tape starts there and flows left to right through the whole graph.
-    /// `dropout_rng` is `Some` in training: dropout applies, drawing its masks from it.
-    pub fn forward<T: Tape<f32, Cpu>>(&self, embedder: Matrix<T>, input: &StudentInput, dropout_rng: Option<&DropoutRng>) -> Matrix<T> {
-        let dev = embedder.device().clone();
-        let tokens = &input.tokens;
-        let ids = dev.tensor_from_vec(tokens.ids.clone(), (tokens.ids.len(),));
-        let x: Matrix<T> = embedder.gather(ids);
+    /// Logits `[examples, num_labels]` from `x`, the embedding rows of the batch's tokens
+    /// in packed order (`[tokens, E]`, [`BiLstmStudent::embed`]), traced or not: the tape
+    /// starts there and flows left to right through the whole graph. `dropout_rng` is
+    /// `Some` in training: dropout applies, drawing its masks from it.
+    pub fn forward<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, input: &StudentInput, dropout_rng: Option<&DropoutRng>) -> Matrix<T> {
         let x = self.maybe_dropout(x, dropout_rng);
-        let encoded = bilstm_final_states(x, &tokens.packing, &self.lstm_forward, &self.lstm_backward);
+        let encoded = bilstm_final_states(x, &input.tokens.packing, &self.lstm_forward, &self.lstm_backward);
         self.head(encoded, input.examples, dropout_rng)
+    }
+
+    /// The embedding rows of the batch's tokens, in packed order: `[tokens, E]`.
+    pub fn embed(&self, tokens: &TokenBatch) -> Matrix {
+        let dev = self.lstm_forward.weight_ih.device();
+        dev.tensor_from_vec(self.embedder.lookup(&tokens.ids), (tokens.ids.len(), self.shape.embedding_dim))
     }
 
     /// Encoder output `[rows, 2H]` → logits: pair features, dropout, tanh(fc), output layer.
@@ -160,9 +163,12 @@ impl BiLstmStudent {
         self.output_layer.forward(hidden)
     }
 
-    /// Logits with dropout (masks drawn from `dropout_rng`) and a gradient tape.
-    pub fn forward_train(&self, input: &StudentInput, dropout_rng: &DropoutRng) -> Matrix<OwnedTape<f32, Cpu>> {
-        self.forward(self.embedder.leaky_trace(), input, Some(dropout_rng))
+    /// Logits with dropout (masks drawn from `dropout_rng`) and a gradient tape, and what
+    /// turns the gradients into the embedding's row gradients after the backward pass.
+    pub fn forward_train(&self, input: &StudentInput, dropout_rng: &DropoutRng) -> (Matrix<OwnedTape<f32, Cpu>>, EmbeddingTrace) {
+        let x = self.embed(&input.tokens);
+        let trace = EmbeddingTrace { rows: x.clone(), ids: input.tokens.ids.clone() };
+        (self.forward(x.leaky_trace(), input, Some(dropout_rng)), trace)
     }
 
     /// Logits for evaluation and prediction: no dropout, no tape, and the input projections
@@ -174,13 +180,13 @@ impl BiLstmStudent {
             let cache = guard.get_or_insert_with(|| ProjectionCache::new(self.shape.vocab_size, &self.lstm_forward, &self.lstm_backward));
             bilstm_final_states_cached(&tokens.ids, &tokens.packing, &self.embedder, &self.lstm_forward, &self.lstm_backward, cache)
         };
-        let encoded = self.embedder.device().tensor_from_vec(encoded, (tokens.rows(), 2 * self.shape.hidden_size));
+        let encoded = self.lstm_forward.weight_ih.device().tensor_from_vec(encoded, (tokens.rows(), 2 * self.shape.hidden_size));
         self.head(encoded, input.examples, None).as_vec()
     }
 
     /// Logits through the plain graph (the path training uses), without the cache.
     pub fn predict_logits_uncached(&self, input: &StudentInput) -> Vec<f32> {
-        self.forward(self.embedder.clone(), input, None).as_vec()
+        self.forward(self.embed(&input.tokens), input, None).as_vec()
     }
 
     fn maybe_dropout<T: Tape<f32, Cpu>>(&self, x: Matrix<T>, dropout_rng: Option<&DropoutRng>) -> Matrix<T> {
@@ -193,7 +199,7 @@ impl BiLstmStudent {
     /// Parameters with their checkpoint names, embedding first.
     pub fn params_mut(&mut self) -> Vec<(String, ParamMut<'_>)> {
         *self.projections.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
-        let mut out = vec![("embedder.weight".to_string(), ParamMut::Matrix(&mut self.embedder))];
+        let mut out = vec![("embedder.weight".to_string(), ParamMut::Embedding(&mut self.embedder))];
         for (suffix, d) in [("", &mut self.lstm_forward), ("_reverse", &mut self.lstm_backward)] {
             out.push((format!("lstm.weight_ih_l0{suffix}"), ParamMut::Matrix(&mut d.weight_ih)));
             out.push((format!("lstm.weight_hh_l0{suffix}"), ParamMut::Matrix(&mut d.weight_hh)));
@@ -247,6 +253,20 @@ impl BiLstmStudent {
             param.set_values(&f32_values(view.data()));
         }
         Ok(student)
+    }
+}
+
+/// The looked-up embedding rows of one training pass, to read their gradient back as the
+/// embedding's [`RowGrads`] (only the batch's rows; the table never enters the graph).
+pub struct EmbeddingTrace {
+    rows: Matrix,
+    ids: Vec<usize>,
+}
+
+impl EmbeddingTrace {
+    pub fn row_grads(&self, grads: &Gradients<f32, Cpu>) -> RowGrads {
+        let dim = self.rows.shape().1;
+        RowGrads::from_lookup(&self.ids, &grads.get(&self.rows).as_vec(), dim)
     }
 }
 

@@ -214,6 +214,9 @@ impl LayerNorm {
 pub enum ParamMut<'a> {
     Matrix(&'a mut Matrix),
     Vector(&'a mut Vector),
+    /// A lookup table: its gradient comes as the rows a batch used ([`RowGrads`]), not from
+    /// dfdx's gradients.
+    Embedding(&'a mut Embedding),
 }
 
 impl ParamMut<'_> {
@@ -221,6 +224,7 @@ impl ParamMut<'_> {
         match self {
             ParamMut::Matrix(t) => vec![t.shape().0, t.shape().1],
             ParamMut::Vector(t) => vec![t.shape().0],
+            ParamMut::Embedding(e) => vec![e.rows, e.dim],
         }
     }
 
@@ -228,6 +232,7 @@ impl ParamMut<'_> {
         match self {
             ParamMut::Matrix(t) => t.as_vec(),
             ParamMut::Vector(t) => t.as_vec(),
+            ParamMut::Embedding(e) => e.weight.clone(),
         }
     }
 
@@ -235,15 +240,95 @@ impl ParamMut<'_> {
         match self {
             ParamMut::Matrix(t) => t.copy_from(values),
             ParamMut::Vector(t) => t.copy_from(values),
+            ParamMut::Embedding(e) => e.weight.copy_from_slice(values),
         }
     }
 
-    /// This parameter's gradient (zeros if it did not take part in the pass).
+    /// Sets only `rows` of a table from the full `values` (any other parameter: all of it).
+    pub fn set_rows(&mut self, values: &[f32], rows: &[usize]) {
+        match self {
+            ParamMut::Embedding(e) => {
+                let dim = e.dim;
+                for &r in rows {
+                    e.weight[r * dim..(r + 1) * dim].copy_from_slice(&values[r * dim..(r + 1) * dim]);
+                }
+            }
+            _ => self.set_values(values),
+        }
+    }
+
+    /// This parameter's gradient (zeros if it did not take part in the pass). Not for an
+    /// [`Embedding`], whose gradient is its [`RowGrads`].
     pub fn grad<'g>(&self, grads: &'g mut Gradients<f32, Cpu>) -> &'g mut [f32] {
         match self {
             ParamMut::Matrix(t) => grads.get_or_alloc_mut(&**t).expect("cpu alloc"),
             ParamMut::Vector(t) => grads.get_or_alloc_mut(&**t).expect("cpu alloc"),
+            ParamMut::Embedding(_) => panic!("an embedding's gradient comes as RowGrads, not from dfdx"),
         }
+    }
+}
+
+/// A lookup table of rows (the student's word embedding), kept outside dfdx so that a
+/// training step reads and writes only the rows its batch uses: as a dfdx tensor it got a
+/// dense gradient the size of the whole table and a full copy on every update.
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    /// `[rows, dim]`, row-major.
+    pub weight: Vec<f32>,
+    pub rows: usize,
+    pub dim: usize,
+}
+
+impl Embedding {
+    pub fn new(weight: Vec<f32>, rows: usize, dim: usize) -> Embedding {
+        assert_eq!(weight.len(), rows * dim, "embedding values do not fill {rows} × {dim}");
+        Embedding { weight, rows, dim }
+    }
+
+    pub fn row(&self, id: usize) -> &[f32] {
+        &self.weight[id * self.dim..(id + 1) * self.dim]
+    }
+
+    /// The rows of `ids`, stacked: `[ids.len(), dim]`.
+    pub fn lookup(&self, ids: &[usize]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(ids.len() * self.dim);
+        for &id in ids {
+            out.extend_from_slice(self.row(id));
+        }
+        out
+    }
+}
+
+/// The gradient of an [`Embedding`] over the rows one batch used: `rows` ascending, `grad`
+/// `[rows.len(), dim]`; every other row's gradient is zero.
+#[derive(Clone, Debug, Default)]
+pub struct RowGrads {
+    pub rows: Vec<usize>,
+    pub grad: Vec<f32>,
+}
+
+impl RowGrads {
+    /// Sums the gradient `d_rows` (`[ids.len(), dim]`) of a lookup of `ids` per distinct id,
+    /// in the order of `ids` (the order dfdx's gather sums in).
+    pub fn from_lookup(ids: &[usize], d_rows: &[f32], dim: usize) -> RowGrads {
+        let mut rows = ids.to_vec();
+        rows.sort_unstable();
+        rows.dedup();
+        let mut grad = vec![0f32; rows.len() * dim];
+        for (&id, d) in ids.iter().zip(d_rows.chunks_exact(dim)) {
+            let k = rows.binary_search(&id).expect("id is among the rows");
+            grad[k * dim..(k + 1) * dim].iter_mut().zip(d).for_each(|(g, d)| *g += d);
+        }
+        RowGrads { rows, grad }
+    }
+
+    /// The full `[table_rows, dim]` gradient (zeros outside `rows`).
+    pub fn to_dense(&self, table_rows: usize, dim: usize) -> Vec<f32> {
+        let mut dense = vec![0f32; table_rows * dim];
+        for (&r, g) in self.rows.iter().zip(self.grad.chunks_exact(dim)) {
+            dense[r * dim..(r + 1) * dim].copy_from_slice(g);
+        }
+        dense
     }
 }
 

@@ -13,6 +13,7 @@
 
 use dfdx::prelude::*;
 
+use super::layers::Embedding;
 use crate::ops::cell;
 use crate::ops::matmul::{matmul, MatRef, PackedRhs};
 
@@ -341,16 +342,14 @@ impl ProjectionCache {
     }
 
     /// Computes the rows of the ids not seen before.
-    fn fill(&mut self, ids: &[usize], embedding: &Matrix, forward: &LstmDirection, backward: &LstmDirection) {
+    fn fill(&mut self, ids: &[usize], embedding: &Embedding, forward: &LstmDirection, backward: &LstmDirection) {
         let mut missing: Vec<usize> = ids.iter().copied().filter(|&i| !self.filled[i]).collect();
         missing.sort_unstable();
         missing.dedup();
         if missing.is_empty() {
             return;
         }
-        // Only the missing rows leave the tensor, not the whole embedding.
-        let rows = embedding.device().tensor_from_vec(missing.clone(), (missing.len(),));
-        let x = embedding.clone().gather(rows).as_vec();
+        let x = embedding.lookup(&missing);
         let (pf, pb) = rayon::join(
             || input_projection(&x, missing.len(), forward),
             || input_projection(&x, missing.len(), backward),
@@ -369,7 +368,7 @@ impl ProjectionCache {
 pub fn bilstm_final_states_cached(
     ids: &[usize],
     packing: &Packing,
-    embedding: &Matrix,
+    embedding: &Embedding,
     forward: &LstmDirection,
     backward: &LstmDirection,
     cache: &mut ProjectionCache,

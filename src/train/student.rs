@@ -191,7 +191,7 @@ impl Trainee for StudentTrainee<'_> {
 fn init_embeddings(exp: &Experiment, encoder: &TextEncoder, train_set: &EncodedSet, model: &mut BiLstmStudent, rng: &mut StdRng) -> Result<()> {
     let vocab = encoder.vocab();
     let dim = model.shape.embedding_dim;
-    let mut values = model.embedder.as_vec();
+    let values = &mut model.embedder.weight;
     if let Some(teacher) = exp.vectors_teacher() {
         let teacher_path = match teacher {
             VectorsTeacher::Dir(dir) => expand_path(&dir),
@@ -254,6 +254,5 @@ fn init_embeddings(exp: &Experiment, encoder: &TextEncoder, train_set: &EncodedS
     }
     let pad = vocab.pad_id as usize;
     values[pad * dim..(pad + 1) * dim].fill(0.0);
-    model.embedder.copy_from(&values);
     Ok(())
 }

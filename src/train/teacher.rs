@@ -176,7 +176,7 @@ pub fn teacher_step(
     max_grad_norm: f32,
 ) -> f64 {
     let value = loss::loss(model.forward_train(input, dropout_rng), labels, &Targets::Gold);
-    optimizer.minimize(value, model.params_mut(), trainable, &[], max_grad_norm)
+    optimizer.minimize(value, model.params_mut(), trainable, |_| Vec::new(), max_grad_norm)
 }
 
 /// Written into a teacher dir when its training finished; its presence means "reuse me".
