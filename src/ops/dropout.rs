@@ -9,8 +9,8 @@
 use std::sync::{Arc, Mutex};
 
 use dfdx::prelude::*;
-use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+use rayon::prelude::*;
 use rand_chacha::ChaCha12Rng;
 use rand_distr::{Bernoulli, Distribution, Standard};
 
@@ -63,17 +63,41 @@ impl DropoutRng {
     }
 }
 
+/// Values per parallel chunk of a dropout mask.
+const MASK_CHUNK: usize = 1 << 14;
+
+/// Which of `n` values one dropout call zeroes: one Bernoulli(`p`) draw per value from
+/// `StdRng::seed_from_u64(seed)`, the draws dfdx's kernel makes one after another. Each draw
+/// takes one `u64`, two 32-bit words of the ChaCha stream, so a chunk seeks to word
+/// `2 · first value` and the chunks are drawn in parallel with the same result.
+fn dropped(seed: u64, p: f64, n: usize) -> Vec<bool> {
+    let bernoulli = Bernoulli::new(p).expect("dropout probability in [0, 1]");
+    let mut mask = vec![false; n];
+    mask.par_chunks_mut(MASK_CHUNK).enumerate().for_each(|(c, chunk)| {
+        // StdRng is ChaCha12 seeded the same way, without a public seek.
+        let mut rng = ChaCha12Rng::seed_from_u64(seed);
+        rng.set_word_pos(2 * (c * MASK_CHUNK) as u128);
+        chunk.iter_mut().for_each(|m| *m = bernoulli.sample(&mut rng));
+    });
+    mask
+}
+
 /// Zeroes each value with probability `p` and scales the rest by 1/(1 − p), as dfdx's
 /// `dropout` does (same mask for the same seed, same rounding), with the seed drawn from `rng`.
+/// The mask is drawn once, in parallel, and kept for the backward pass.
 pub fn dropout<T: Tape<f32, Cpu>>(x: Matrix<T>, p: f32, rng: &DropoutRng) -> Matrix<T> {
     let seed = rng.next_seed();
     let prob = p as f64;
     let (x, mut tape) = x.split_tape();
     let values = crate::models::layers::contiguous_values(&x);
     let divisor = (1.0 - prob) as f32;
-    let mut mask_rng = StdRng::seed_from_u64(seed);
-    let bernoulli = Bernoulli::new(prob).expect("dropout probability in [0, 1]");
-    let out: Vec<f32> = values.iter().map(|&v| if bernoulli.sample(&mut mask_rng) { 0.0 } else { v / divisor }).collect();
+    let mask = dropped(seed, prob, values.len());
+    let mut out = vec![0f32; values.len()];
+    out.par_chunks_mut(MASK_CHUNK).zip(values.par_chunks(MASK_CHUNK)).zip(mask.par_chunks(MASK_CHUNK)).for_each(|((o, v), m)| {
+        for ((o, &v), &dropped) in o.iter_mut().zip(v).zip(m) {
+            *o = if dropped { 0.0 } else { v / divisor };
+        }
+    });
     let out = x.device().tensor_from_vec(out, *x.shape());
     if !T::OWNS_TAPE {
         return out.put_tape(tape);
@@ -82,12 +106,12 @@ pub fn dropout<T: Tape<f32, Cpu>>(x: Matrix<T>, p: f32, rng: &DropoutRng) -> Mat
     tape.add_backward_op(move |grads| {
         let d_out = grads.get_or_alloc_mut(&out_ghost)?.to_vec();
         let d_x = grads.get_or_alloc_mut(&x_ghost)?;
-        // The mask again from the same seed, instead of keeping it.
-        let mut mask_rng = StdRng::seed_from_u64(seed);
         let scale = (1.0 - prob).recip() as f32;
-        for (g, d) in d_x.iter_mut().zip(&d_out) {
-            *g += if bernoulli.sample(&mut mask_rng) { 0.0 } else { scale } * d;
-        }
+        d_x.par_chunks_mut(MASK_CHUNK).zip(d_out.par_chunks(MASK_CHUNK)).zip(mask.par_chunks(MASK_CHUNK)).for_each(|((g, d), m)| {
+            for ((g, d), &dropped) in g.iter_mut().zip(d).zip(m) {
+                *g += if dropped { 0.0 } else { scale } * d;
+            }
+        });
         Ok(())
     });
     out.put_tape(tape)
@@ -96,6 +120,17 @@ pub fn dropout<T: Tape<f32, Cpu>>(x: Matrix<T>, p: f32, rng: &DropoutRng) -> Mat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn masks_drawn_in_parallel_chunks_are_the_sequential_draws() {
+        for (seed, p, n) in [(5, 0.4, 2 * MASK_CHUNK + 77), (9, 0.1, MASK_CHUNK), (1, 0.5, 3), (2, 0.0, 100), (3, 1.0, MASK_CHUNK + 1)] {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let bernoulli = Bernoulli::new(p).unwrap();
+            let sequential: Vec<bool> = (0..n).map(|_| bernoulli.sample(&mut rng)).collect();
+            assert_eq!(dropped(seed, p, n), sequential, "seed {seed}, p {p}, n {n}");
+        }
+    }
 
     #[test]
     fn the_stream_is_the_cpu_devices() {
@@ -110,16 +145,20 @@ mod tests {
 
     #[test]
     fn dropout_matches_dfdx_forward_and_backward() {
-        let dev = Cpu::seed_from_u64(7);
-        let ours = DropoutRng::new(7);
-        let x: Matrix = dev.tensor_from_vec((0..60).map(|i| i as f32 * 0.37 - 9.0).collect(), (6, 10));
-        let theirs = x.leaky_trace().dropout(0.1f32);
-        let mine = dropout(x.leaky_trace(), 0.1, &ours);
-        assert_eq!(mine.as_vec(), theirs.as_vec(), "same mask and rounding");
-        let weights: Matrix = dev.tensor_from_vec((0..60).map(|i| (i % 7) as f32 - 3.0).collect(), (6, 10));
-        let g_theirs = (theirs * weights.clone()).sum().backward();
-        let g_mine = (mine * weights).sum().backward();
-        assert_eq!(g_mine.get(&x).as_vec(), g_theirs.get(&x).as_vec(), "same gradient");
+        // A small tensor and one of several mask chunks.
+        for (rows, cols) in [(6, 10), (70, 500)] {
+            let dev = Cpu::seed_from_u64(7);
+            let ours = DropoutRng::new(7);
+            let n = rows * cols;
+            let x: Matrix = dev.tensor_from_vec((0..n).map(|i| (i % 60) as f32 * 0.37 - 9.0).collect(), (rows, cols));
+            let theirs = x.leaky_trace().dropout(0.1f32);
+            let mine = dropout(x.leaky_trace(), 0.1, &ours);
+            assert_eq!(mine.as_vec(), theirs.as_vec(), "same mask and rounding");
+            let weights: Matrix = dev.tensor_from_vec((0..n).map(|i| (i % 7) as f32 - 3.0).collect(), (rows, cols));
+            let g_theirs = (theirs * weights.clone()).sum().backward();
+            let g_mine = (mine * weights).sum().backward();
+            assert_eq!(g_mine.get(&x).as_vec(), g_theirs.get(&x).as_vec(), "same gradient");
+        }
     }
 
     #[test]
