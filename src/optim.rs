@@ -168,17 +168,25 @@ impl Optimizer {
                     if st.row_step.is_empty() {
                         st.row_step = vec![0; st.values.len() / width];
                     }
-                    for (&r, grad) in sparse.rows.iter().zip(sparse.grad.chunks_exact(width)) {
-                        let span = r * width..(r + 1) * width;
-                        let skipped = (steps - st.row_step[r] - 1) as i32;
+                    // The batch's rows (ascending, distinct), each with its state, updated in parallel.
+                    let mut wanted = sparse.rows.iter().zip(sparse.grad.chunks_exact(width)).peekable();
+                    let mut batch_rows = Vec::with_capacity(sparse.rows.len());
+                    let state_rows = st.values.chunks_exact_mut(width).zip(st.s1.chunks_exact_mut(width)).zip(st.s2.chunks_exact_mut(width));
+                    for (r, (row, last_step)) in state_rows.zip(st.row_step.iter_mut()).enumerate() {
+                        if let Some((_, grad)) = wanted.next_if(|(&w, _)| w == r) {
+                            batch_rows.push((row, last_step, grad));
+                        }
+                    }
+                    batch_rows.into_par_iter().for_each(|(((values, square_avg), delta_avg), last_step, grad)| {
+                        let skipped = (steps - *last_step - 1) as i32;
                         if skipped > 0 {
                             let decay = cfg.rho.powi(skipped);
-                            st.s1[span.clone()].iter_mut().for_each(|v| *v *= decay);
-                            st.s2[span.clone()].iter_mut().for_each(|v| *v *= decay);
+                            square_avg.iter_mut().for_each(|v| *v *= decay);
+                            delta_avg.iter_mut().for_each(|v| *v *= decay);
                         }
-                        st.row_step[r] = steps;
-                        adadelta(&mut st.values[span.clone()], grad, &mut st.s1[span.clone()], &mut st.s2[span], cfg);
-                    }
+                        *last_step = steps;
+                        adadelta(values, grad, square_avg, delta_avg, cfg);
+                    });
                     if decay {
                         param.set_values(&st.values);
                     } else {

@@ -15,7 +15,7 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::layers::{f32_values, safetensors_bytes, uniform, Embedding, Linear, ParamMut, RowGrads};
+use super::layers::{contiguous_values, f32_values, safetensors_bytes, uniform, Embedding, Linear, ParamMut, RowGrads};
 use super::lstm::{bilstm_final_states, bilstm_final_states_cached, LstmDirection, Matrix, Packing, ProjectionCache};
 use std::sync::Mutex;
 use crate::config::PairFeatures;
@@ -266,7 +266,7 @@ pub struct EmbeddingTrace {
 impl EmbeddingTrace {
     pub fn row_grads(&self, grads: &Gradients<f32, Cpu>) -> RowGrads {
         let dim = self.rows.shape().1;
-        RowGrads::from_lookup(&self.ids, &grads.get(&self.rows).as_vec(), dim)
+        RowGrads::from_lookup(&self.ids, &contiguous_values(&grads.get(&self.rows)), dim)
     }
 }
 

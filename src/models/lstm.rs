@@ -13,7 +13,7 @@
 
 use dfdx::prelude::*;
 
-use super::layers::Embedding;
+use super::layers::{contiguous_values, Embedding};
 use crate::ops::cell;
 use crate::ops::matmul::{matmul, MatRef, PackedRhs};
 
@@ -109,7 +109,7 @@ struct DirectionGrads {
 /// `x · W_ihᵀ + b_ih + b_hh` for every row of `x` (`[rows, E]` → `[rows, 4H]`), as one GEMM.
 fn input_projection(x: &[f32], rows: usize, w: &LstmDirection) -> Vec<f32> {
     let (g4, input) = (4 * w.hidden_size(), w.input_size());
-    let w_ih = w.weight_ih.as_vec();
+    let w_ih = contiguous_values(&w.weight_ih);
     let bias: Vec<f32> = w.bias_ih.as_vec().iter().zip(w.bias_hh.as_vec()).map(|(a, b)| a + b).collect();
     let mut gates = vec![0f32; rows * g4];
     for row in gates.chunks_exact_mut(g4) {
@@ -190,7 +190,7 @@ fn direction_forward(
 /// `W_hhᵀ` packed for the recurrent products of one direction.
 fn packed_recurrent(w: &LstmDirection) -> PackedRhs {
     let hidden = w.hidden_size();
-    PackedRhs::new(MatRef::new(&w.weight_hh.as_vec(), 4 * hidden, hidden).t())
+    PackedRhs::new(MatRef::new(&contiguous_values(&w.weight_hh), 4 * hidden, hidden).t())
 }
 
 /// Backward through one direction, from the gradient of its final hidden state.
@@ -205,8 +205,8 @@ fn direction_backward(
     let (batch, steps, total) = (packing.batch(), packing.steps(), packing.total);
     let (hidden, input) = (w.hidden_size(), w.input_size());
     let g4 = 4 * hidden;
-    let w_ih = w.weight_ih.as_vec();
-    let w_hh = PackedRhs::new(MatRef::new(&w.weight_hh.as_vec(), g4, hidden));
+    let w_ih = contiguous_values(&w.weight_ih);
+    let w_hh = PackedRhs::new(MatRef::new(&contiguous_values(&w.weight_hh), g4, hidden));
     let mut d_gates = vec![0f32; total * g4];
     let mut dh = d_final.to_vec();
     let mut dc = vec![0f32; batch * hidden];
@@ -264,7 +264,7 @@ pub fn bilstm_final_states<T: Tape<f32, Cpu>>(
     assert_eq!(input, forward.input_size(), "input width differs from weight_ih");
     let (batch, hidden) = (packing.batch(), forward.hidden_size());
     let (x, mut tape) = x.split_tape();
-    let xs = x.as_vec();
+    let xs = contiguous_values(&x);
     let keep = T::OWNS_TAPE;
     let run = |w: &LstmDirection, reverse: bool| {
         direction_forward(GateInput::Computed(input_projection(&xs, rows, w)), packing, &packed_recurrent(w), hidden, reverse, keep)
