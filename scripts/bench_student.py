@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The PyTorch reference for `distill bench`: the same Bi-LSTM student (nn.Embedding →
 dropout → bidirectional nn.LSTM → tanh(fc) → output), Adadelta(rho=0.95), random
-full-length batches at two training batch sizes, and single-sentence latency. Prints one JSON
-line with sentences/s and milliseconds. `--device cuda` measures on the GPU (cuDNN's LSTM),
+full-length batches at two training batch sizes, single-sentence latency and, with --transfer,
+distill-stage training on real transfer-set rows. Prints one JSON line with sentences/s and
+milliseconds. `--device cuda` measures on the GPU (cuDNN's LSTM),
 synchronising before each clock reading."""
 import argparse
 import json
@@ -13,20 +14,75 @@ from torch import nn
 
 
 class Student(nn.Module):
-    def __init__(self, vocab, emb, hidden):
+    def __init__(self, vocab, emb, hidden, fc=None, labels=2, dropout=0.4):
         super().__init__()
+        fc = fc or hidden
         self.embedder = nn.Embedding(vocab, emb, padding_idx=0)
-        self.dropout = nn.Dropout(0.4)
+        self.dropout = nn.Dropout(dropout)
         self.lstm = nn.LSTM(emb, hidden, bidirectional=True)
-        self.fc = nn.Linear(2 * hidden, hidden)
-        self.output_layer = nn.Linear(hidden, 2)
+        self.fc = nn.Linear(2 * hidden, fc)
+        self.output_layer = nn.Linear(fc, labels)
 
-    def forward(self, ids):  # ids: [T, B]
+    def forward(self, ids, lengths=None):  # ids: [T, B]; lengths: [B] when rows differ in length
         x = self.dropout(self.embedder(ids))
+        if lengths is not None:
+            x = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
         _, (h, _) = self.lstm(x)
         out = torch.cat([h[-2], h[-1]], dim=1)
         out = self.dropout(out)
         return self.output_layer(torch.tanh(self.fc(out)))
+
+
+def transfer_rate(path, device, sync):
+    """Rows/s of distill-stage training on the rows `distill bench` wrote: batches padded to
+    their longest row and packed (pack_padded_sequence), alpha·CE + (1 − alpha)·(MSE or KL)
+    against random teacher logits (the timing does not depend on their values), the
+    experiment's shapes, optimizer, dropout and gradient clipping."""
+    with open(path) as f:
+        t = json.load(f)
+    model = Student(t["vocab"], t["embedding_dim"], t["hidden"], t["fc"], t["labels"], t["dropout"]).to(device)
+    if t["optimizer"] == "adadelta":
+        opt = torch.optim.Adadelta(model.parameters(), lr=t["lr"], rho=0.95, eps=1e-6)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=t["lr"])
+    alpha, batch = t["alpha"], t["batch"]
+    rows = [r if r else [t["empty_id"]] for r in t["rows"]]
+    batches = []
+    for start in range(0, len(rows) - batch + 1, batch):
+        chunk = rows[start:start + batch]
+        lengths = torch.tensor([len(r) for r in chunk])
+        ids = torch.zeros(int(lengths.max()), batch, dtype=torch.long)
+        for j, r in enumerate(chunk):
+            ids[:len(r), j] = torch.tensor(r)
+        gold = torch.tensor(t["gold"][start:start + batch])
+        teacher = torch.empty(batch, t["labels"]).uniform_(-3, 3)
+        batches.append((ids.to(device), lengths, gold.to(device), teacher.to(device)))
+
+    def step(b):
+        ids, lengths, gold, teacher = b
+        opt.zero_grad()
+        logits = model(ids, lengths)
+        if t["loss"] == "mse":
+            soft = nn.functional.mse_loss(logits, teacher)
+        else:
+            temp = t["temperature"]
+            soft = nn.functional.kl_div(nn.functional.log_softmax(logits / temp, dim=1),
+                                        nn.functional.softmax(teacher / temp, dim=1), reduction="batchmean")
+        loss = alpha * nn.functional.cross_entropy(logits, gold) + (1 - alpha) * soft
+        loss.backward()
+        if t["max_grad_norm"] > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), t["max_grad_norm"])
+        opt.step()
+
+    model.train()
+    for b in batches[:2]:
+        step(b)
+    sync()
+    start = time.perf_counter()
+    for b in batches[2:]:
+        step(b)
+    sync()
+    return (len(batches) - 2) * batch / (time.perf_counter() - start)
 
 
 def main():
@@ -36,6 +92,7 @@ def main():
                           ("latency-steps", 200), ("threads", 2)]:
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--transfer", help="rows written by `distill bench` for the transfer-set figure")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -88,8 +145,11 @@ def main():
             model(sentences[i % 16])
         sync()
         latency_ms = 1e3 * (time.perf_counter() - start) / max(a.latency_steps, 1)
-    print(json.dumps({"train_sentences_per_s": train, "infer_sentences_per_s": infer,
-                      "train_large_batch_sentences_per_s": train_large, "latency_ms": latency_ms}))
+    result = {"train_sentences_per_s": train, "infer_sentences_per_s": infer,
+              "train_large_batch_sentences_per_s": train_large, "latency_ms": latency_ms}
+    if a.transfer:
+        result["transfer_rows_per_s"] = transfer_rate(a.transfer, device, sync)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -8,15 +8,19 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::backend::{StudentBackend, TeacherBackend};
-use crate::config::{expand_path, DeviceName, OptimizerName};
-use crate::loss::Targets;
+use crate::config::{expand_path, DeviceName, Experiment, OptimizerName};
+use crate::encode::EncodedSet;
+use crate::loss::{LossSpec, Targets};
 use crate::models::bert::{BertForSequenceClassification, BertInput};
 use crate::models::bilstm::{BiLstmStudent, StudentInput, StudentShape, TokenBatch};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::ops::dropout::DropoutRng;
+use crate::train::distill::transfer_set;
+use crate::train::student::StudentSetup;
 use crate::train::teacher::teacher_step;
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +65,16 @@ pub struct BenchArgs {
     /// Timed single-sentence predictions for the latency figure (after 10 warm-up ones).
     #[arg(long, default_value_t = 200)]
     pub latency_steps: usize,
+    /// The experiment whose transfer set the "transfer set" figure trains on, as its distill
+    /// stage does (its [student] shape, [distill] loss, optimizer, batch and dropout), over the
+    /// rows made from its first `--transfer-sources` training sentences; "" skips the figure.
+    #[arg(long, default_value = "experiments/sst2.toml")]
+    pub transfer: String,
+    #[arg(long, default_value_t = 2000)]
+    pub transfer_sources: usize,
+    /// Timed batches of the transfer-set figure (after 2 warm-up batches).
+    #[arg(long, default_value_t = 40)]
+    pub transfer_steps: usize,
     /// Python with PyTorch for the reference numbers (default: $DISTILL_TORCH_PYTHON, else python3).
     #[arg(long)]
     pub python: Option<PathBuf>,
@@ -104,6 +118,121 @@ pub struct Throughput {
     pub train_large_batch_sentences_per_s: Option<f64>,
     #[serde(default)]
     pub latency_ms: Option<f64>,
+    /// Student only: rows/s of distill-stage training on the transfer-set sample.
+    #[serde(default)]
+    pub transfer_rows_per_s: Option<f64>,
+}
+
+/// A fixed sample of a real transfer set, in training order, with what the distill stage
+/// trains it with; also written for `bench_student.py`, which trains PyTorch on the same rows.
+pub struct TransferSample {
+    model: BiLstmStudent,
+    optimizer: OptimizerConfig,
+    train_embeddings: bool,
+    loss: LossSpec,
+    max_grad_norm: f32,
+    batch: usize,
+    rows: Vec<Vec<u32>>,
+    labels: Vec<usize>,
+    empty_id: u32,
+    /// `rows` and the shapes as JSON, for the PyTorch script.
+    file: tempfile::NamedTempFile,
+}
+
+impl TransferSample {
+    /// The transfer set of `--transfer`'s first `--transfer-sources` training sentences,
+    /// shuffled once, cycled to `(--transfer-steps + 2) × batch` rows; `None` when skipped.
+    pub fn load(args: &BenchArgs) -> Result<Option<TransferSample>> {
+        if args.transfer.is_empty() {
+            return Ok(None);
+        }
+        let path = std::path::Path::new(&args.transfer);
+        if !path.is_file() {
+            println!("transfer set: {} not found, figure skipped (--transfer FILE names an experiment)", path.display());
+            return Ok(None);
+        }
+        let exp = Experiment::load(path, &[])?;
+        let (Some(student), Some(distill)) = (exp.student.as_ref(), exp.distill.as_ref()) else {
+            anyhow::bail!("{}: the transfer-set figure needs [student] and [distill] tables", path.display());
+        };
+        let setup = StudentSetup::new(&exp, distill.dropout)?;
+        if setup.task.is_pair() {
+            anyhow::bail!("{}: the transfer-set figure is for single-text tasks; pass --transfer with one", path.display());
+        }
+        let sources = &setup.train.examples[..args.transfer_sources.min(setup.train.examples.len())];
+        let transfer = transfer_set(&exp, sources, setup.task.language)?;
+        let set = EncodedSet::from_transfer(&transfer, &setup.encoder, setup.task.language, student.max_seq_len);
+        let mut order: Vec<usize> = (0..set.a.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(0));
+        let wanted = (args.transfer_steps + 2) * distill.batch_size;
+        let picked: Vec<usize> = order.iter().cycle().take(wanted).copied().collect();
+        let rows: Vec<Vec<u32>> = picked.iter().map(|&i| set.a[i].clone()).collect();
+        let labels: Vec<usize> = picked.iter().map(|&i| set.labels[i]).collect();
+        let tokens: usize = rows.iter().map(|r| r.len()).sum();
+        println!(
+            "transfer set: {} rows from the first {} training sentences of {} (n_iter {}), {:.1} tokens per row; distill batch {}, {} steps",
+            transfer.len(),
+            sources.len(),
+            path.display(),
+            exp.augment.n_iter,
+            tokens as f64 / rows.len() as f64,
+            distill.batch_size,
+            args.transfer_steps
+        );
+        let shape = setup.model.shape;
+        let empty_id = setup.encoder.vocab().unk_id;
+        let json = serde_json::json!({
+            "vocab": shape.vocab_size, "embedding_dim": shape.embedding_dim, "hidden": shape.hidden_size,
+            "fc": shape.fc_size, "labels": shape.num_labels, "dropout": distill.dropout,
+            "loss": distill.loss, "alpha": distill.alpha, "temperature": distill.temperature,
+            "optimizer": distill.optimizer, "lr": distill.lr, "batch": distill.batch_size, "max_grad_norm": distill.max_grad_norm,
+            "empty_id": empty_id, "rows": rows, "gold": labels,
+        });
+        let mut file = tempfile::NamedTempFile::new()?;
+        serde_json::to_writer(&mut file, &json)?;
+        Ok(Some(TransferSample {
+            model: setup.model,
+            optimizer: OptimizerConfig::new(distill.optimizer, distill.lr),
+            train_embeddings: student.train_embeddings,
+            loss: LossSpec { kind: distill.loss, alpha: distill.alpha as f32, temperature: distill.temperature as f32 },
+            max_grad_norm: distill.max_grad_norm as f32,
+            batch: distill.batch_size,
+            rows,
+            labels,
+            empty_id,
+            file,
+        }))
+    }
+
+    /// Rows/s of distill-stage training steps over the sample (random teacher logits; the
+    /// time does not depend on their values).
+    fn measure(&self, device: DeviceName) -> Result<f64> {
+        let mut student = StudentBackend::new(self.model.clone(), self.optimizer, self.train_embeddings, device, 0)?;
+        let mut rng = StdRng::seed_from_u64(1);
+        let classes = self.model.shape.num_labels;
+        let batches: Vec<(StudentInput, &[usize], Vec<f32>)> = self
+            .rows
+            .chunks_exact(self.batch)
+            .zip(self.labels.chunks_exact(self.batch))
+            .map(|(rows, labels)| {
+                let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
+                let input = StudentInput { tokens: TokenBatch::new(&refs, self.empty_id), examples: rows.len() };
+                let logits = (0..rows.len() * classes).map(|_| rng.gen_range(-3.0..3.0)).collect();
+                (input, labels, logits)
+            })
+            .collect();
+        let mut step = |(input, labels, logits): &(StudentInput, &[usize], Vec<f32>)| {
+            student.train_step(input, labels, &Targets::Teacher { logits, loss: self.loss }, self.max_grad_norm)
+        };
+        for batch in &batches[..2] {
+            step(batch)?;
+        }
+        let start = Instant::now();
+        for batch in &batches[2..] {
+            step(batch)?;
+        }
+        Ok(((batches.len() - 2) * self.batch) as f64 / start.elapsed().as_secs_f64())
+    }
 }
 
 fn random_input(rng: &mut StdRng, args: &BenchArgs, batch: usize) -> StudentInput {
@@ -134,7 +263,7 @@ fn bench_student_model(args: &BenchArgs) -> (StdRng, BiLstmStudent) {
 /// Measures the student (Adadelta, sparse embedding rows) on random full-length batches,
 /// on the device of `--device`: training at `--batch` and `--large-batch`, inference at
 /// `--infer-batch`, and single-sentence latency.
-pub fn measure_student(args: &BenchArgs) -> Result<Throughput> {
+pub fn measure_student(args: &BenchArgs, transfer: Option<&TransferSample>) -> Result<Throughput> {
     let (mut rng, model) = bench_student_model(args);
     let mut student = StudentBackend::new(model, OptimizerConfig::new(OptimizerName::Adadelta, 1.0), true, args.device, 0)?;
     let mut train_rate = |batch: usize, rng: &mut StdRng| -> Result<f64> {
@@ -178,6 +307,7 @@ pub fn measure_student(args: &BenchArgs) -> Result<Throughput> {
         infer_sentences_per_s: infer,
         train_large_batch_sentences_per_s: Some(train_large),
         latency_ms: Some(latency_ms),
+        transfer_rows_per_s: transfer.map(|t| t.measure(args.device)).transpose()?,
         ..Throughput::default()
     })
 }
@@ -241,25 +371,25 @@ pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
 }
 
 /// Runs `scripts/bench_student.py` with the same shapes; `None` if PyTorch is not there.
-fn measure_torch_student(args: &BenchArgs) -> Result<Option<Throughput>> {
-    run_torch_script(
-        args,
-        "scripts/bench_student.py",
-        &[
-            ("--vocab", args.vocab.to_string()),
-            ("--embedding-dim", args.embedding_dim.to_string()),
-            ("--hidden", args.hidden.to_string()),
-            ("--seq-len", args.seq_len.to_string()),
-            ("--batch", args.batch.to_string()),
-            ("--large-batch", args.large_batch.to_string()),
-            ("--infer-batch", args.infer_batch.to_string()),
-            ("--steps", args.steps.to_string()),
-            ("--infer-steps", args.infer_steps.to_string()),
-            ("--latency-steps", args.latency_steps.to_string()),
-            ("--device", args.device.name().to_string()),
-        ],
-        false,
-    )
+fn measure_torch_student(args: &BenchArgs, transfer: Option<&TransferSample>) -> Result<Option<Throughput>> {
+    let mut flags = vec![
+
+        ("--vocab", args.vocab.to_string()),
+        ("--embedding-dim", args.embedding_dim.to_string()),
+        ("--hidden", args.hidden.to_string()),
+        ("--seq-len", args.seq_len.to_string()),
+        ("--batch", args.batch.to_string()),
+        ("--large-batch", args.large_batch.to_string()),
+        ("--infer-batch", args.infer_batch.to_string()),
+        ("--steps", args.steps.to_string()),
+        ("--infer-steps", args.infer_steps.to_string()),
+        ("--latency-steps", args.latency_steps.to_string()),
+        ("--device", args.device.name().to_string()),
+    ];
+    if let Some(t) = transfer {
+        flags.push(("--transfer", t.file.path().display().to_string()));
+    }
+    run_torch_script(args, "scripts/bench_student.py", &flags, false)
 }
 
 /// Runs `scripts/bench_teacher.py` (transformers' BertForSequenceClassification on the same dir).
@@ -331,8 +461,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rayon::current_num_threads(),
             args.rounds
         );
+        let transfer = TransferSample::load(&args)?;
         let train_label = format!("train batch {} (Adadelta)", args.batch);
-        compare(&args, &train_label, || measure_student(&args), || measure_torch_student(&args))?;
+        compare(&args, &train_label, || measure_student(&args, transfer.as_ref()), || measure_torch_student(&args, transfer.as_ref()))?;
     }
     if args.model != BenchModel::Student {
         println!(
@@ -367,7 +498,10 @@ fn compare(
             _ => String::new(),
         };
         let student_extras = |t: &Throughput| match (t.train_large_batch_sentences_per_s, t.latency_ms) {
-            (Some(large), Some(ms)) => format!(" (large batch {large:.1}; batch 1 {ms:.3} ms)"),
+            (Some(large), Some(ms)) => {
+                let transfer = t.transfer_rows_per_s.map(|r| format!("; transfer set {r:.1} rows/s")).unwrap_or_default();
+                format!(" (large batch {large:.1}; batch 1 {ms:.3} ms{transfer})")
+            }
             _ => String::new(),
         };
         println!(
@@ -401,6 +535,9 @@ fn compare(
     };
     if let Some(mine) = optional_median(&ours, |t| t.train_large_batch_sentences_per_s) {
         line(&format!("train batch {}", args.large_batch), mine, optional_median(&torch, |t| t.train_large_batch_sentences_per_s));
+    }
+    if let Some(mine) = optional_median(&ours, |t| t.transfer_rows_per_s) {
+        line("transfer set (rows/s)", mine, optional_median(&torch, |t| t.transfer_rows_per_s));
     }
     line("inference", med(&ours, |t| t.infer_sentences_per_s), torch_med(|t| t.infer_sentences_per_s));
     // Latency: lower is better, so the ratio is ours over PyTorch's (the target is ≤ 0.5).

@@ -282,3 +282,50 @@ pub fn warmup_linear_lr(peak: f64, step: usize, warmup: usize, total: usize) -> 
         peak * (total.saturating_sub(step)) as f64 / (total - warmup).max(1) as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::layers::Embedding;
+    use crate::ops::Matrix;
+
+    #[test]
+    fn row_gradients_sum_repeated_ids_and_list_rows_ascending() {
+        let sparse = RowGrads::from_lookup(&[2, 0, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2);
+        assert_eq!(sparse.rows, vec![0, 2]);
+        assert_eq!(sparse.grad, vec![3.0, 4.0, 6.0, 8.0]);
+        assert_eq!(sparse.to_dense(3, 2), vec![3.0, 4.0, 0.0, 0.0, 6.0, 8.0]);
+    }
+
+    /// A table updated only at its batch's rows (the steps a row sits out applied lazily)
+    /// follows the dense Adadelta update of the same gradients, and rows outside the batch are
+    /// not written.
+    #[test]
+    fn sparse_adadelta_follows_the_dense_update() {
+        let dev = Cpu::default();
+        let (rows, dim) = (6, 3);
+        let start: Vec<f32> = (0..rows * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut table = Embedding::new(start.clone(), rows, dim);
+        let mut dense: Matrix = dev.tensor_from_vec(start, (rows, dim));
+        let mut sparse_optimizer = Optimizer::new(OptimizerConfig::new(OptimizerName::Adadelta, 1.0));
+        let mut dense_optimizer = Optimizer::new(OptimizerConfig::new(OptimizerName::Adadelta, 1.0));
+        let batches = [vec![0, 2, 2, 5], vec![1, 5], vec![3], vec![0, 1, 2, 3, 4, 5], vec![4, 0], vec![2]];
+        for (step, ids) in batches.iter().enumerate() {
+            let d_rows: Vec<f32> = (0..ids.len() * dim).map(|i| ((i + 7 * step) as f32 * 0.91).cos()).collect();
+            let sparse = RowGrads::from_lookup(ids, &d_rows, dim);
+            let dense_grad = sparse.to_dense(rows, dim);
+            let before = table.weight.clone();
+            let mut no_grads = Gradients::<f32, Cpu>::leaky();
+            sparse_optimizer.step(&mut [("t".into(), ParamMut::Embedding(&mut table))], &[true], &[Some(sparse)], &mut no_grads);
+            let mut grads = Gradients::<f32, Cpu>::leaky();
+            grads.get_or_alloc_mut(&dense).unwrap().copy_from_slice(&dense_grad);
+            dense_optimizer.step(&mut [("t".into(), ParamMut::Matrix(&mut dense))], &[true], &[None], &mut grads);
+            for (i, (got, want)) in table.weight.iter().zip(dense.as_vec()).enumerate() {
+                assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "step {step}, value {i}: {got} vs {want}");
+                if !ids.contains(&(i / dim)) {
+                    assert_eq!(*got, before[i], "step {step}: row {} is outside the batch", i / dim);
+                }
+            }
+        }
+    }
+}
