@@ -33,6 +33,18 @@ class Student(nn.Module):
         return self.output_layer(torch.tanh(self.fc(out)))
 
 
+def timed(run, warmup, items, sync):
+    """Seconds taken by `run` over `items`, after a call on each of `warmup`."""
+    for item in warmup:
+        run(item)
+    sync()
+    start = time.perf_counter()
+    for item in items:
+        run(item)
+    sync()
+    return time.perf_counter() - start
+
+
 def transfer_rate(path, device, sync):
     """Rows/s of distill-stage training on the rows `distill bench` wrote: batches padded to
     their longest row and packed (pack_padded_sequence), alpha·CE + (1 − alpha)·(MSE or KL)
@@ -75,14 +87,7 @@ def transfer_rate(path, device, sync):
         opt.step()
 
     model.train()
-    for b in batches[:2]:
-        step(b)
-    sync()
-    start = time.perf_counter()
-    for b in batches[2:]:
-        step(b)
-    sync()
-    return (len(batches) - 2) * batch / (time.perf_counter() - start)
+    return (len(batches) - 2) * batch / timed(step, batches[:2], batches[2:], sync)
 
 
 def main():
@@ -101,26 +106,20 @@ def main():
     model = Student(a.vocab, a.embedding_dim, a.hidden).to(device)
     opt = torch.optim.Adadelta(model.parameters(), lr=1.0, rho=0.95, eps=1e-6)
     loss_fn = nn.CrossEntropyLoss()
+
     def train_rate(batch):
         batches = [(torch.randint(1, a.vocab, (a.seq_len, batch), device=device), torch.randint(0, 2, (batch,), device=device))
                    for _ in range(4)]
 
-        def step(i):
-            ids, labels = batches[i % 4]
+        def step(b):
+            ids, labels = b
             opt.zero_grad()
             loss = loss_fn(model(ids), labels)
             loss.backward()
             opt.step()
 
         model.train()
-        for i in range(2):
-            step(i)
-        sync()
-        start = time.perf_counter()
-        for i in range(a.steps):
-            step(i)
-        sync()
-        return a.steps * batch / (time.perf_counter() - start)
+        return a.steps * batch / timed(step, batches[:2], [batches[i % 4] for i in range(a.steps)], sync)
 
     train = train_rate(a.batch)
     train_large = train_rate(a.large_batch)
@@ -129,22 +128,10 @@ def main():
     infer_batches = [torch.randint(1, a.vocab, (a.seq_len, a.infer_batch), device=device) for _ in range(4)]
     sentences = [torch.randint(1, a.vocab, (a.seq_len, 1), device=device) for _ in range(16)]
     with torch.inference_mode():
-        for i in range(2):
-            model(infer_batches[i])
-        sync()
-        start = time.perf_counter()
-        for i in range(a.infer_steps):
-            model(infer_batches[i % 4])
-        sync()
-        infer = a.infer_steps * a.infer_batch / (time.perf_counter() - start)
-        for i in range(10):
-            model(sentences[i])
-        sync()
-        start = time.perf_counter()
-        for i in range(a.latency_steps):
-            model(sentences[i % 16])
-        sync()
-        latency_ms = 1e3 * (time.perf_counter() - start) / max(a.latency_steps, 1)
+        seconds = timed(model, infer_batches[:2], [infer_batches[i % 4] for i in range(a.infer_steps)], sync)
+        infer = a.infer_steps * a.infer_batch / seconds
+        seconds = timed(model, sentences[:10], [sentences[i % 16] for i in range(a.latency_steps)], sync)
+        latency_ms = 1e3 * seconds / max(a.latency_steps, 1)
     result = {"train_sentences_per_s": train, "infer_sentences_per_s": infer,
               "train_large_batch_sentences_per_s": train_large, "latency_ms": latency_ms}
     if a.transfer:

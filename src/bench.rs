@@ -373,7 +373,6 @@ pub fn measure_teacher(args: &BenchArgs) -> Result<Throughput> {
 /// Runs `scripts/bench_student.py` with the same shapes; `None` if PyTorch is not there.
 fn measure_torch_student(args: &BenchArgs, transfer: Option<&TransferSample>) -> Result<Option<Throughput>> {
     let mut flags = vec![
-
         ("--vocab", args.vocab.to_string()),
         ("--embedding-dim", args.embedding_dim.to_string()),
         ("--hidden", args.hidden.to_string()),
