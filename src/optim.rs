@@ -130,8 +130,9 @@ impl Optimizer {
     /// `rows[i]`, if given, is the gradient of table `i` over the only rows where it can be
     /// non-zero (the embedding rows of the batch's tokens). Adadelta then updates just those
     /// rows and applies the skipped steps' decay lazily: with a zero gradient a step leaves
-    /// the value unchanged and multiplies both averages by rho, so the result is exactly the
-    /// dense update. Adam moves values even on a zero gradient, so it stays dense.
+    /// the value unchanged and multiplies both averages by rho, so the result is the dense
+    /// update (up to rounding: rho^k is one multiplication, not k). Adam moves values even on
+    /// a zero gradient, so it stays dense.
     pub fn step(
         &mut self,
         params: &mut [(String, ParamMut<'_>)],
