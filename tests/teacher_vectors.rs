@@ -157,7 +157,7 @@ fn the_student_stage_starts_from_the_teachers_vectors_and_reuses_them() {
     let run_dir = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).find(|p| p.join("student").is_dir()).unwrap();
     let bytes = std::fs::read(run_dir.join("student/model.safetensors")).unwrap();
     let saved = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let embedder: Vec<f32> = saved.tensor("embedder.weight").unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let embedder: Vec<f32> = distill::models::layers::f32_values(saved.tensor("embedder.weight").unwrap().data());
     let bert = BertModel::load(&teacher_dir, &Cpu::default()).unwrap();
     for (i, token) in VOCAB.iter().enumerate().skip(1) {
         let expected = by_hand(&bert, &[2, i as u32, 3], 6, Pooling::Mean);
