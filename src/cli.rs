@@ -66,9 +66,15 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Merge a sweep's shard results into one table and plots (SWEEP_DIR), or redraw a
-    /// run's learning curves (RUN_DIR).
-    Report { dir: PathBuf },
+    /// Merge a sweep's shard results into one table and plots (SWEEP_DIR, or the sweep's
+    /// FILE with the same --set as the sweep), or redraw a run's learning curves (RUN_DIR).
+    Report {
+        #[arg(value_name = "SWEEP_DIR|SWEEP_FILE|RUN_DIR")]
+        dir: PathBuf,
+        /// With a sweep file: the overrides the sweep ran with (they pick its folder).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// The paper-style results table (CSV and Markdown): each cell's stage key computed from
     /// the table file's experiment files, its result read from where that stage finished.
     Table {
@@ -172,7 +178,15 @@ impl Cli {
                 }
                 Ok(())
             }
-            Command::Report { dir } => {
+            Command::Report { dir, overrides } => {
+                // A sweep file names its folder, so a job that runs after the array (Slurm's
+                // --dependency=afterok) needs no hash.
+                let dir = if dir.is_file() {
+                    Sweep::load(&dir, &overrides)?.dir
+                } else {
+                    anyhow::ensure!(overrides.is_empty(), "--set is for a sweep file; {} is a folder", dir.display());
+                    dir
+                };
                 if dir.join("points.csv").is_file() {
                     let lines = crate::sweep::report(&dir)?;
                     print!("{}", std::fs::read_to_string(dir.join("summary.md"))?);
