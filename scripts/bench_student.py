@@ -2,8 +2,9 @@
 """The PyTorch reference for `distill bench`: the same Bi-LSTM student (nn.Embedding →
 dropout → bidirectional nn.LSTM → tanh(fc) → output), Adadelta(rho=0.95), random
 full-length batches at two training batch sizes, single-sentence latency and, with --transfer,
-distill-stage training on real transfer-set rows. Prints one JSON line with sentences/s and
-milliseconds. `--device cuda` measures on the GPU (cuDNN's LSTM),
+distill-stage training on real transfer-set rows, and (on the CPU) inference and latency
+with dynamic int8 quantisation of the LSTM and Linear layers. Prints one JSON line with
+sentences/s and milliseconds. `--device cuda` measures on the GPU (cuDNN's LSTM),
 synchronising before each clock reading."""
 import argparse
 import json
@@ -134,6 +135,14 @@ def main():
         latency_ms = 1e3 * seconds / max(a.latency_steps, 1)
     result = {"train_sentences_per_s": train, "infer_sentences_per_s": infer,
               "train_large_batch_sentences_per_s": train_large, "latency_ms": latency_ms}
+    if device.type == "cpu":
+        # PyTorch's own int8: dynamic quantisation of the LSTM and Linear weights.
+        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.LSTM, nn.Linear}, dtype=torch.qint8)
+        with torch.inference_mode():
+            seconds = timed(quantized, infer_batches[:2], [infer_batches[i % 4] for i in range(a.infer_steps)], sync)
+            result["infer_int8_sentences_per_s"] = a.infer_steps * a.infer_batch / seconds
+            seconds = timed(quantized, sentences[:10], [sentences[i % 16] for i in range(a.latency_steps)], sync)
+            result["latency_int8_ms"] = 1e3 * seconds / max(a.latency_steps, 1)
     if a.transfer:
         result["transfer_rows_per_s"] = transfer_rate(a.transfer, device, sync)
     print(json.dumps(result))

@@ -19,6 +19,7 @@ use crate::models::bert::{BertForSequenceClassification, BertInput};
 use crate::models::bilstm::{BiLstmStudent, StudentInput, StudentShape, TokenBatch};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::ops::dropout::DropoutRng;
+use crate::ops::packed::Precision;
 use crate::train::distill::transfer_set;
 use crate::train::student::StudentSetup;
 use crate::train::teacher::teacher_step;
@@ -107,8 +108,9 @@ pub struct BenchArgs {
 pub struct Throughput {
     pub train_sentences_per_s: f64,
     pub infer_sentences_per_s: f64,
-    /// Teacher inference in reduced precision: ours in BF16 / INT8; PyTorch's bf16 autocast
-    /// and dynamic int8 quantisation (`quantize_dynamic` on the Linear layers).
+    /// Inference in reduced precision: ours in BF16 / INT8 (the student: INT8 only, its
+    /// recurrent product); PyTorch's bf16 autocast and dynamic int8 quantisation
+    /// (`quantize_dynamic` on the Linear layers, and the student's LSTM).
     #[serde(default)]
     pub infer_bf16_sentences_per_s: Option<f64>,
     #[serde(default)]
@@ -118,6 +120,9 @@ pub struct Throughput {
     pub train_large_batch_sentences_per_s: Option<f64>,
     #[serde(default)]
     pub latency_ms: Option<f64>,
+    /// Student only: the single-sentence prediction in INT8.
+    #[serde(default)]
+    pub latency_int8_ms: Option<f64>,
     /// Student only: rows/s of distill-stage training on the transfer-set sample.
     #[serde(default)]
     pub transfer_rows_per_s: Option<f64>,
@@ -294,19 +299,40 @@ pub fn measure_student(args: &BenchArgs, transfer: Option<&TransferSample>) -> R
     let infer = (args.infer_steps * args.infer_batch) as f64 / start.elapsed().as_secs_f64();
 
     let sentences: Vec<StudentInput> = (0..16).map(|_| random_input(&mut rng, args, 1)).collect();
-    for input in sentences.iter().take(10) {
-        student.predict_logits(input)?;
+    let latency_ms = |student: &StudentBackend| -> Result<f64> {
+        for input in sentences.iter().take(10) {
+            student.predict_logits(input)?;
+        }
+        let start = Instant::now();
+        for i in 0..args.latency_steps {
+            student.predict_logits(&sentences[i % 16])?;
+        }
+        Ok(1e3 * start.elapsed().as_secs_f64() / args.latency_steps.max(1) as f64)
+    };
+    let latency = latency_ms(&student)?;
+    // INT8 (`distill predict --precision int8`): the recurrent product on the CPU.
+    let (mut infer_int8, mut latency_int8) = (None, None);
+    if args.device == DeviceName::Cpu {
+        let mut model = student.model().clone();
+        model.set_inference_precision(Precision::Int8);
+        let int8 = StudentBackend::for_inference(model, DeviceName::Cpu)?;
+        for input in infer_inputs.iter().take(2) {
+            int8.predict_logits(input)?;
+        }
+        let start = Instant::now();
+        for i in 0..args.infer_steps {
+            int8.predict_logits(&infer_inputs[i % 4])?;
+        }
+        infer_int8 = Some((args.infer_steps * args.infer_batch) as f64 / start.elapsed().as_secs_f64());
+        latency_int8 = Some(latency_ms(&int8)?);
     }
-    let start = Instant::now();
-    for i in 0..args.latency_steps {
-        student.predict_logits(&sentences[i % 16])?;
-    }
-    let latency_ms = 1e3 * start.elapsed().as_secs_f64() / args.latency_steps.max(1) as f64;
     Ok(Throughput {
         train_sentences_per_s: train,
         infer_sentences_per_s: infer,
+        infer_int8_sentences_per_s: infer_int8,
         train_large_batch_sentences_per_s: Some(train_large),
-        latency_ms: Some(latency_ms),
+        latency_ms: Some(latency),
+        latency_int8_ms: latency_int8,
         transfer_rows_per_s: transfer.map(|t| t.measure(args.device)).transpose()?,
         ..Throughput::default()
     })
@@ -492,8 +518,9 @@ fn compare(
     for round in 1..=args.rounds.max(1) {
         let o = ours_once()?;
         let t = if args.no_torch { None } else { torch_once()? };
-        let reduced = |t: &Throughput| match (t.infer_bf16_sentences_per_s, t.infer_int8_sentences_per_s) {
-            (Some(b), Some(i)) => format!(" (bf16 {b:.1}, int8 {i:.1})"),
+        let reduced = |t: &Throughput| match (t.infer_bf16_sentences_per_s, t.infer_int8_sentences_per_s, t.latency_int8_ms) {
+            (Some(b), Some(i), _) => format!(" (bf16 {b:.1}, int8 {i:.1})"),
+            (None, Some(i), Some(ms)) => format!(" (int8 {i:.1}, batch 1 {ms:.3} ms)"),
             _ => String::new(),
         };
         let student_extras = |t: &Throughput| match (t.train_large_batch_sentences_per_s, t.latency_ms) {
@@ -540,11 +567,16 @@ fn compare(
     }
     line("inference", med(&ours, |t| t.infer_sentences_per_s), torch_med(|t| t.infer_sentences_per_s));
     // Latency: lower is better, so the ratio is ours over PyTorch's (the target is ≤ 0.5).
+    let latency_line = |what: &str, mine: f64, theirs: Option<f64>| match theirs {
+        Some(theirs) => println!("{what:<28} {mine:>14.3} {theirs:>14.3} {:>7.2}x", mine / theirs),
+        None => println!("{what:<28} {mine:>14.3} {:>14} {:>8}", "n/a", "-"),
+    };
     if let Some(mine) = optional_median(&ours, |t| t.latency_ms) {
-        match optional_median(&torch, |t| t.latency_ms) {
-            Some(theirs) => println!("{:<28} {mine:>14.3} {theirs:>14.3} {:>7.2}x", "batch-1 latency (ms)", mine / theirs),
-            None => println!("{:<28} {mine:>14.3} {:>14} {:>8}", "batch-1 latency (ms)", "n/a", "-"),
-        }
+        latency_line("batch-1 latency (ms)", mine, optional_median(&torch, |t| t.latency_ms));
+    }
+    if let Some(mine) = optional_median(&ours, |t| t.latency_int8_ms) {
+        latency_line("latency int8 (vs its like)", mine, optional_median(&torch, |t| t.latency_int8_ms));
+        latency_line("latency int8 (vs torch f32)", mine, optional_median(&torch, |t| t.latency_ms));
     }
     // Reduced precision: each beside its like (PyTorch bf16 autocast, dynamic int8), and
     // beside PyTorch's FP32, the baseline users compare with.

@@ -35,7 +35,8 @@ pub struct PredictArgs {
     /// its dir, `runs/teachers/TASK-HASH`).
     #[arg(long)]
     pub stage: Option<String>,
-    /// A teacher's number format: f32, bf16 (AVX512-BF16) or int8 (VNNI); students run in f32.
+    /// Number format: f32, bf16 (AVX512-BF16) or int8 (VNNI, or AVX2 without it). A teacher's
+    /// GEMMs, or a student's recurrent product (its input projections stay f32).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
     /// Print the raw logits (`logit_LABEL` columns) instead of probabilities, e.g. to compare
@@ -149,11 +150,12 @@ impl Predictor {
             let model = TeacherBackend::new(&model, DeviceName::Cpu, precision)?;
             return Ok(Predictor::Teacher { model: Box::new(model), tokenizer, labels });
         }
-        if !precision.is_f32() {
-            bail!("{}: --precision {} applies to a teacher dir; a Bi-LSTM student runs in f32", dir.display(), precision.name());
-        }
         let (card, tokenizer) = StudentCard::load(dir)?;
-        let model = BiLstmStudent::load(&dir.join("model.safetensors"), &cpu)?;
+        let mut model = BiLstmStudent::load(&dir.join("model.safetensors"), &cpu)?;
+        model.set_inference_precision(precision);
+        if let Some(note) = crate::ops::packed::missing_instruction_note(precision) {
+            eprintln!("{note}");
+        }
         let encoder = match card.vocab.as_str() {
             "wordpiece" => TextEncoder::wordpiece(tokenizer.as_deref().unwrap_or(dir))?,
             _ => {

@@ -5,6 +5,7 @@ use dfdx::prelude::*;
 use distill::config::PairFeatures;
 use distill::models::bilstm::{BiLstmStudent, StudentInput, StudentShape, TokenBatch};
 use distill::ops::dropout::DropoutRng;
+use distill::ops::packed::Precision;
 use distill::loss::mean_cross_entropy;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -136,6 +137,26 @@ fn cached_inference_matches_the_graph() {
     for ((a, b), c) in plain.iter().zip(&cached_first).zip(&cached_again) {
         assert!((a - b).abs() < 1e-5 && (a - c).abs() < 1e-5, "{plain:?} {cached_first:?}");
     }
+}
+
+/// `distill predict --precision int8`: the recurrent product in INT8 stays close to FP32 on
+/// a student of realistic width (the error is the weights' and hidden states' rounding), is
+/// really a different computation, and switching back gives the FP32 result exactly.
+#[test]
+fn int8_inference_stays_close_to_f32() {
+    let shape = StudentShape { vocab_size: 200, embedding_dim: 16, hidden_size: 64, fc_size: 32, num_labels: 2, pair_features: None };
+    let mut model = BiLstmStudent::new(shape, 0.0, &Cpu::seed_from_u64(5), &mut StdRng::seed_from_u64(5));
+    let seqs: Vec<Vec<u32>> = (0..40).map(|r| (0..5 + r % 23).map(|t| ((r * 31 + t * 17) % 199 + 1) as u32).collect()).collect();
+    let x = input(&seqs, seqs.len());
+    let f32_logits = model.predict_logits(&x);
+    model.set_inference_precision(Precision::Int8);
+    let int8_logits = model.predict_logits(&x);
+    let scale = f32_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = f32_logits.iter().zip(&int8_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst > 0.0, "INT8 gave FP32's logits bit for bit: the INT8 path did not run");
+    assert!(worst < 0.02 * scale, "INT8 logits differ by {worst} (largest logit {scale})");
+    model.set_inference_precision(Precision::F32);
+    assert_eq!(model.predict_logits(&x), f32_logits);
 }
 
 #[test]

@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use crate::config::PairFeatures;
 use crate::files::write_atomic;
 use crate::ops::dropout::{dropout, DropoutRng};
+use crate::ops::packed::Precision;
 
 /// Everything that fixes the student's parameter shapes.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -94,6 +95,9 @@ pub struct BiLstmStudent {
     pub output_layer: Linear,
     /// Inference cache of input projections; cleared whenever parameters can change.
     projections: Mutex<Option<ProjectionCache>>,
+    /// The recurrent product's number format in [`BiLstmStudent::predict_logits`] (FP32
+    /// unless set for `distill predict --precision`); training is always FP32.
+    inference_precision: Precision,
 }
 
 impl Clone for BiLstmStudent {
@@ -107,6 +111,7 @@ impl Clone for BiLstmStudent {
             fc: self.fc.clone(),
             output_layer: self.output_layer.clone(),
             projections: Mutex::new(None),
+            inference_precision: self.inference_precision,
         }
     }
 }
@@ -133,7 +138,14 @@ impl BiLstmStudent {
             fc: Linear::new(dev, shape.features(), shape.fc_size, rng),
             output_layer: Linear::new(dev, shape.fc_size, shape.num_labels, rng),
             projections: Mutex::new(None),
+            inference_precision: Precision::F32,
         }
+    }
+
+    /// The number format of the recurrent product in [`BiLstmStudent::predict_logits`].
+    pub fn set_inference_precision(&mut self, precision: Precision) {
+        self.inference_precision = precision;
+        *self.projections.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Logits `[examples, num_labels]` from `x`, the embedding rows of the batch's tokens
@@ -177,7 +189,9 @@ impl BiLstmStudent {
         let tokens = &input.tokens;
         let encoded = {
             let mut guard = self.projections.lock().unwrap_or_else(|e| e.into_inner());
-            let cache = guard.get_or_insert_with(|| ProjectionCache::new(self.shape.vocab_size, &self.lstm_forward, &self.lstm_backward));
+            let cache = guard.get_or_insert_with(|| {
+                ProjectionCache::new(self.shape.vocab_size, &self.lstm_forward, &self.lstm_backward, self.inference_precision)
+            });
             bilstm_final_states_cached(&tokens.ids, &tokens.packing, &self.embedder, &self.lstm_forward, &self.lstm_backward, cache)
         };
         let encoded = self.lstm_forward.weight_ih.device().tensor_from_vec(encoded, (tokens.rows(), 2 * self.shape.hidden_size));

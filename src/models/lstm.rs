@@ -16,6 +16,7 @@ use dfdx::prelude::*;
 use super::layers::{contiguous_values, Embedding};
 use crate::ops::cell;
 use crate::ops::matmul::{matmul, MatRef, PackedRhs};
+use crate::ops::packed::{Activation, PackedLinear, Precision};
 
 pub use crate::ops::{Matrix, Vector};
 
@@ -150,7 +151,7 @@ impl GateInput<'_> {
 fn direction_forward(
     mut input: GateInput<'_>,
     packing: &Packing,
-    w_hh_t: &PackedRhs,
+    w_hh_t: &Recurrent,
     hidden: usize,
     reverse: bool,
     keep_trace: bool,
@@ -187,10 +188,37 @@ fn direction_forward(
     (h, trace)
 }
 
-/// `W_hhᵀ` packed for the recurrent products of one direction.
-fn packed_recurrent(w: &LstmDirection) -> PackedRhs {
-    let hidden = w.hidden_size();
-    PackedRhs::new(MatRef::new(&contiguous_values(&w.weight_hh), 4 * hidden, hidden).t())
+/// `W_hh` packed for the recurrent products of one direction: FP32 (training, and inference
+/// by default) or a reduced precision for inference (`distill predict --precision int8|bf16`).
+pub enum Recurrent {
+    F32(PackedRhs),
+    /// INT8: per-gate-column weight scales, the hidden state quantised per row at each step;
+    /// the weight streams as bytes, a quarter of FP32's traffic, and a one-sentence prediction
+    /// reads the whole `W_hh` once per token, so that traffic is most of its time. (BF16: the
+    /// teacher's BF16 GEMM.)
+    Reduced(PackedLinear),
+}
+
+impl Recurrent {
+    pub fn new(w: &LstmDirection, precision: Precision) -> Recurrent {
+        let hidden = w.hidden_size();
+        let weight = contiguous_values(&w.weight_hh);
+        match precision {
+            Precision::F32 => Recurrent::F32(PackedRhs::new(MatRef::new(&weight, 4 * hidden, hidden).t())),
+            other => Recurrent::Reduced(PackedLinear::new(&weight, &vec![0.0; 4 * hidden], 4 * hidden, hidden, other)),
+        }
+    }
+
+    /// `gates (m × 4H) += h (m × H) · W_hhᵀ`.
+    fn matmul_acc(&self, gates: &mut [f32], h: &[f32], m: usize) {
+        match self {
+            Recurrent::F32(packed) => packed.matmul_acc(gates, h, m),
+            Recurrent::Reduced(linear) => {
+                let product = linear.forward(h, m, Activation::None);
+                gates.iter_mut().zip(&product).for_each(|(g, p)| *g += p);
+            }
+        }
+    }
 }
 
 /// Backward through one direction, from the gradient of its final hidden state.
@@ -267,7 +295,8 @@ pub fn bilstm_final_states<T: Tape<f32, Cpu>>(
     let xs = contiguous_values(&x);
     let keep = T::OWNS_TAPE;
     let run = |w: &LstmDirection, reverse: bool| {
-        direction_forward(GateInput::Computed(input_projection(&xs, rows, w)), packing, &packed_recurrent(w), hidden, reverse, keep)
+        let recurrent = Recurrent::new(w, Precision::F32);
+        direction_forward(GateInput::Computed(input_projection(&xs, rows, w)), packing, &recurrent, hidden, reverse, keep)
     };
     let ((h_fwd, tr_fwd), (h_bwd, tr_bwd)) = rayon::join(|| run(forward, false), || run(backward, true));
     let out = unpack_final_states(packing, &h_fwd, &h_bwd, hidden);
@@ -325,11 +354,13 @@ pub struct ProjectionCache {
     forward: Vec<f32>,
     backward: Vec<f32>,
     filled: Vec<bool>,
-    recurrent: [PackedRhs; 2],
+    recurrent: [Recurrent; 2],
 }
 
 impl ProjectionCache {
-    pub fn new(vocab_size: usize, forward: &LstmDirection, backward: &LstmDirection) -> ProjectionCache {
+    /// `precision` is that of the recurrent product (the input projections stay FP32: they
+    /// are computed once per vocab entry and then only copied).
+    pub fn new(vocab_size: usize, forward: &LstmDirection, backward: &LstmDirection, precision: Precision) -> ProjectionCache {
         let width = 4 * forward.hidden_size();
         // Zeroed allocations are mapped lazily: rows never used cost no memory.
         ProjectionCache {
@@ -337,7 +368,7 @@ impl ProjectionCache {
             forward: vec![0f32; vocab_size * width],
             backward: vec![0f32; vocab_size * width],
             filled: vec![false; vocab_size],
-            recurrent: [packed_recurrent(forward), packed_recurrent(backward)],
+            recurrent: [Recurrent::new(forward, precision), Recurrent::new(backward, precision)],
         }
     }
 
