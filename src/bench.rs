@@ -555,7 +555,11 @@ fn compare(
         Some(b) => println!("{what:<28} {a:>14.1} {b:>14.1} {:>7.2}x", a / b),
         None => println!("{what:<28} {a:>14.1} {:>14} {:>8}", "n/a", "-"),
     };
-    line(train_label, med(&ours, |t| t.train_sentences_per_s), torch_med(|t| t.train_sentences_per_s));
+    // `--teacher-steps 0` measures no training: no line rather than 0 against 0.
+    let train = med(&ours, |t| t.train_sentences_per_s);
+    if train > 0.0 {
+        line(train_label, train, torch_med(|t| t.train_sentences_per_s));
+    }
     let optional_median = |v: &[Throughput], get: fn(&Throughput) -> Option<f64>| {
         (!v.is_empty() && v.iter().all(|t| get(t).is_some())).then(|| median(v.iter().filter_map(get).collect()))
     };

@@ -114,6 +114,17 @@ fn sha256(path: &Path) -> String {
     Sha256::digest(std::fs::read(path).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Asserts the sweep's merged `summary.csv` equals the reference's; returns its sha256.
+fn same_summary(sweep: &Path, reference: &Path, what: &str) -> String {
+    let summary = sweep.join("summary.csv");
+    assert_eq!(
+        std::fs::read_to_string(&summary).unwrap(),
+        std::fs::read_to_string(reference).unwrap(),
+        "{what}: the merged summary differs from the unsharded run's"
+    );
+    sha256(&summary)
+}
+
 /// Rows per grid point (in `points.csv` order) over every shard file of a sweep.
 fn rows_per_point(sweep: &Path) -> Vec<usize> {
     let points = std::fs::read_to_string(sweep.join("points.csv")).unwrap();
@@ -179,16 +190,8 @@ fn sweep_runs_as_a_slurm_array_and_survives_a_cancelled_task() {
         assert!(sweep.join(format!("shards/results-{k}-of-4.csv")).is_file(), "task {k} wrote no shard file");
     }
     assert_eq!(rows_per_point(&sweep), [1; 4]);
-    assert_eq!(
-        std::fs::read_to_string(sweep.join("summary.csv")).unwrap(),
-        std::fs::read_to_string(&reference_summary).unwrap(),
-        "the array's merged summary differs from the unsharded run"
-    );
-    eprintln!(
-        "with the afterok report job: {:.1} s; merged summary.csv sha256 {}",
-        started.elapsed().as_secs_f64(),
-        sha256(&sweep.join("summary.csv"))
-    );
+    let checksum = same_summary(&sweep, &reference_summary, "the array");
+    eprintln!("with the afterok report job: {:.1} s; merged summary.csv sha256 {checksum}", started.elapsed().as_secs_f64());
 
     // A second array: task 1 cancelled after its first epoch, then the array resubmitted.
     let cancelled = tmp.path().join("cancelled");
@@ -225,14 +228,6 @@ fn sweep_runs_as_a_slurm_array_and_survives_a_cancelled_task() {
     assert_eq!(rows_per_point(&sweep), [1; 4], "exactly one row per point after the resubmission");
     let out = Command::new(BIN).current_dir(repo()).arg("report").arg(GRID).args(&grid_args).output().unwrap();
     assert!(out.status.success(), "distill report failed:\n{}", text(&out));
-    assert_eq!(
-        std::fs::read_to_string(sweep.join("summary.csv")).unwrap(),
-        std::fs::read_to_string(&reference_summary).unwrap(),
-        "cancelled-and-resubmitted summary differs from the unsharded run"
-    );
-    eprintln!(
-        "cancel + resubmit: {:.1} s in all, summary.csv sha256 {}",
-        started.elapsed().as_secs_f64(),
-        sha256(&sweep.join("summary.csv"))
-    );
+    let checksum = same_summary(&sweep, &reference_summary, "the cancelled and resubmitted array");
+    eprintln!("cancel + resubmit: {:.1} s in all, summary.csv sha256 {checksum}", started.elapsed().as_secs_f64());
 }
