@@ -7,10 +7,13 @@
 //! has. Where Slurm cannot start the test fails with the daemons' logs; set
 //! DISTILL_SKIP_SLURM=1 to leave it out on purpose (it then says so).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::sweep_dir;
 use distill::report::read_results;
 use sha2::{Digest, Sha256};
 
@@ -102,12 +105,6 @@ fn sets(out_dir: &Path) -> Vec<String> {
         args.push(setting);
     }
     args
-}
-
-fn sweep_dir(out_dir: &Path) -> PathBuf {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(out_dir.join("sweeps")).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs[0].clone()
 }
 
 fn sha256(path: &Path) -> String {

@@ -2,10 +2,13 @@
 //! `distill report`, plots, `distill predict` and `distill table`, through the real binary
 //! on small slices of SST-2.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sweep_dir;
 use distill::report::read_results;
 
 const BIN: &str = env!("CARGO_BIN_EXE_distill");
@@ -61,12 +64,6 @@ fn distill(args: &[&str]) -> std::process::Output {
     let out = Command::new(BIN).args(args).output().unwrap();
     assert!(out.status.success(), "distill {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     out
-}
-
-fn sweep_dir(out_dir: &Path) -> PathBuf {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(out_dir.join("sweeps")).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(dirs.len(), 1, "{dirs:?}");
-    dirs[0].clone()
 }
 
 fn summary(out_dir: &Path) -> String {

@@ -1,4 +1,5 @@
-//! Shared by the test binaries that need the real pretrained assets.
+//! Shared by the test binaries: the real pretrained assets, small experiments, sweep folders.
+#![allow(dead_code)] // each test binary uses some of these
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,6 @@ pub fn minilm() -> Option<PathBuf> {
 
 /// A small real experiment with all three stages on an SST-2 slice, several evaluations per
 /// stage and a teacher pass of two segments (for the resume tests).
-#[allow(dead_code)]
 pub fn small_experiment(model: &Path, out: &Path) -> String {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/SST-2");
     format!(
@@ -63,4 +63,11 @@ teacher_batch_size = 1
         data = data.display(),
         model = model.display()
     )
+}
+
+/// The one sweep folder under `OUT_DIR/sweeps/`.
+pub fn sweep_dir(out_dir: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(out_dir.join("sweeps")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
 }
