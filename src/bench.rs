@@ -289,26 +289,25 @@ pub fn measure_student(args: &BenchArgs, transfer: Option<&TransferSample>) -> R
     let train_large = train_rate(args.large_batch, &mut rng)?;
 
     let infer_inputs: Vec<StudentInput> = (0..4).map(|_| random_input(&mut rng, args, args.infer_batch)).collect();
-    for input in infer_inputs.iter().take(2) {
-        student.predict_logits(input)?;
-    }
-    let start = Instant::now();
-    for i in 0..args.infer_steps {
-        student.predict_logits(&infer_inputs[i % 4])?;
-    }
-    let infer = (args.infer_steps * args.infer_batch) as f64 / start.elapsed().as_secs_f64();
-
     let sentences: Vec<StudentInput> = (0..16).map(|_| random_input(&mut rng, args, 1)).collect();
-    let latency_ms = |student: &StudentBackend| -> Result<f64> {
-        for input in sentences.iter().take(10) {
+    // Seconds for `steps` predictions cycling through `inputs`, after `warmup` untimed ones.
+    let seconds = |student: &StudentBackend, inputs: &[StudentInput], warmup: usize, steps: usize| -> Result<f64> {
+        for input in inputs.iter().take(warmup) {
             student.predict_logits(input)?;
         }
         let start = Instant::now();
-        for i in 0..args.latency_steps {
-            student.predict_logits(&sentences[i % 16])?;
+        for i in 0..steps {
+            student.predict_logits(&inputs[i % inputs.len()])?;
         }
-        Ok(1e3 * start.elapsed().as_secs_f64() / args.latency_steps.max(1) as f64)
+        Ok(start.elapsed().as_secs_f64())
     };
+    let infer_rate = |student: &StudentBackend| -> Result<f64> {
+        Ok((args.infer_steps * args.infer_batch) as f64 / seconds(student, &infer_inputs, 2, args.infer_steps)?)
+    };
+    let latency_ms = |student: &StudentBackend| -> Result<f64> {
+        Ok(1e3 * seconds(student, &sentences, 10, args.latency_steps)? / args.latency_steps.max(1) as f64)
+    };
+    let infer = infer_rate(&student)?;
     let latency = latency_ms(&student)?;
     // INT8 (`distill predict --precision int8`): the recurrent product on the CPU.
     let (mut infer_int8, mut latency_int8) = (None, None);
@@ -316,14 +315,7 @@ pub fn measure_student(args: &BenchArgs, transfer: Option<&TransferSample>) -> R
         let mut model = student.model().clone();
         model.set_inference_precision(Precision::Int8);
         let int8 = StudentBackend::for_inference(model, DeviceName::Cpu)?;
-        for input in infer_inputs.iter().take(2) {
-            int8.predict_logits(input)?;
-        }
-        let start = Instant::now();
-        for i in 0..args.infer_steps {
-            int8.predict_logits(&infer_inputs[i % 4])?;
-        }
-        infer_int8 = Some((args.infer_steps * args.infer_batch) as f64 / start.elapsed().as_secs_f64());
+        infer_int8 = Some(infer_rate(&int8)?);
         latency_int8 = Some(latency_ms(&int8)?);
     }
     Ok(Throughput {
