@@ -5,13 +5,17 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 
 use crate::config::{expand_path, Experiment, Stage};
 use crate::data::Task;
+use crate::encode::TeacherSet;
+use crate::models::bert::BertConfig;
 use crate::report::{read_results, ResultRow};
 use crate::table::{ColumnSpec, RowKind, TableSpec};
+use crate::tokenize::BertTokenizer;
 use crate::train::stage_key::{find_finished, finished_runs, stage_key};
 
 #[derive(clap::Args, Debug)]
@@ -98,9 +102,10 @@ fn plan_line(exp: &Experiment, stage: Stage) -> String {
     }
     match estimate_seconds(exp, stage) {
         Some((seconds, task)) => format!(
-            "{}: train, about {:.0} min (from the last measured throughput of this stage, on {task})",
+            "{}: train, about {:.0} min (from the last measured throughput of this stage, on {task}{})",
             stage.name(),
-            (seconds / 60.0).ceil()
+            (seconds / 60.0).ceil(),
+            if task == exp.task.name() { "" } else { ", scaled to this task's lengths and model sizes" }
         ),
         None => format!("{}: train (no measured throughput of this stage yet)", stage.name()),
     }
@@ -109,7 +114,9 @@ fn plan_line(exp: &Experiment, stage: Stage) -> String {
 /// Training time of `stage` from the latest `results.csv` row of the same stage (its
 /// sentences/s), on the same task where there is one, else on any; the distill stage adds
 /// its teacher pass at the last measured rows/s. The transfer set is taken as
-/// (1 + n_iter) × the training set, an upper bound. Returns the seconds and the task measured.
+/// (1 + n_iter) × the training set, an upper bound. A rate measured on another task is scaled
+/// by [`row_cost`] of the two experiments (SST-2's 13-piece sentences on a 6-layer teacher say
+/// little about 68-piece reviews on a 12-layer one). Returns the seconds and the task measured.
 fn estimate_seconds(exp: &Experiment, stage: Stage) -> Option<(f64, String)> {
     let out_dir = expand_path(&exp.out_dir);
     let rows: Vec<ResultRow> = read_results(&out_dir.join("results.csv")).ok()?;
@@ -120,19 +127,73 @@ fn estimate_seconds(exp: &Experiment, stage: Stage) -> Option<(f64, String)> {
             .max_by_key(|r| r.finished_at_unix)
     };
     let latest = measured(true).or_else(|| measured(false))?;
-    let train_rows = training_rows(exp)? as f64;
-    let (rows_per_epoch, epochs) = match stage {
-        Stage::Teacher => (train_rows, exp.teacher.as_ref()?.epochs),
-        Stage::Student => (train_rows, exp.student.as_ref()?.epochs),
-        Stage::Distill => (train_rows * (1 + exp.augment.n_iter) as f64, exp.distill.as_ref()?.epochs),
+    // How much dearer a row of `exp` is than a row of the measured run (1 on the same task).
+    let relative = |model: CostedModel| -> f64 {
+        if latest.task == task {
+            return 1.0;
+        }
+        let measured_exp = Experiment::load(&PathBuf::from(&latest.run_dir).join("config.toml"), &[]).ok();
+        match (row_cost(exp, model), measured_exp.and_then(|m| row_cost(&m, model))) {
+            (Some(ours), Some(theirs)) if theirs > 0.0 => ours / theirs,
+            _ => 1.0,
+        }
     };
-    let mut seconds = rows_per_epoch * epochs as f64 / latest.train_sentences_per_s;
+    let train_rows = training_rows(exp)? as f64;
+    let (rows_per_epoch, epochs, model) = match stage {
+        Stage::Teacher => (train_rows, exp.teacher.as_ref()?.epochs, CostedModel::Teacher),
+        Stage::Student => (train_rows, exp.student.as_ref()?.epochs, CostedModel::Student),
+        Stage::Distill => (train_rows * (1 + exp.augment.n_iter) as f64, exp.distill.as_ref()?.epochs, CostedModel::Student),
+    };
+    let mut seconds = rows_per_epoch * epochs as f64 / latest.train_sentences_per_s * relative(model);
     if stage == Stage::Distill {
         if let Some(rate) = last_teacher_pass_rate(&out_dir, &latest.task) {
-            seconds += rows_per_epoch / rate;
+            seconds += rows_per_epoch / rate * relative(CostedModel::Teacher);
         }
     }
     Some((seconds, latest.task.clone()))
+}
+
+#[derive(Clone, Copy)]
+enum CostedModel {
+    Teacher,
+    Student,
+}
+
+/// Multiply-adds per training row of `exp` for one model, up to a constant factor: the mean
+/// length of a training row in the teacher's pieces (cut at the model's `max_seq_len`; the
+/// student's own tokens are near enough) × the model's multiply-adds per token. `None`
+/// without a `[teacher]` and `[student]`, or when the data or the teacher dir cannot be read.
+fn row_cost(exp: &Experiment, model: CostedModel) -> Option<f64> {
+    let (teacher, student) = (exp.teacher.as_ref()?, exp.student.as_ref()?);
+    let dir = expand_path(&teacher.model);
+    let (max_len, per_token) = match model {
+        CostedModel::Teacher => {
+            let c = BertConfig::load(&dir.join("config.json")).ok()?;
+            // Q, K, V, output (4·h²) and the two feed-forward GEMMs (2·h·inner) per layer.
+            (teacher.max_seq_len, c.num_hidden_layers * c.hidden_size * (4 * c.hidden_size + 2 * c.intermediate_size))
+        }
+        // Four gates, both directions.
+        CostedModel::Student => (student.max_seq_len, 8 * student.hidden_size * (student.embedding_dim + student.hidden_size)),
+    };
+    let lengths = piece_lengths(exp, &dir, teacher.max_seq_len)?;
+    let tokens: usize = lengths.iter().map(|&len| len.min(max_len)).sum();
+    Some(tokens as f64 / lengths.len().max(1) as f64 * per_token as f64)
+}
+
+/// The training rows' lengths in the teacher's pieces, tokenized once per data and tokenizer
+/// (a listing asks for them once per missing stage and for the run measured).
+fn piece_lengths(exp: &Experiment, teacher_dir: &Path, max_len: usize) -> Option<Vec<usize>> {
+    static SEEN: Mutex<Vec<(String, Vec<usize>)>> = Mutex::new(Vec::new());
+    let key = format!("{:?} {:?} {} {max_len}", exp.task, exp.data, teacher_dir.display());
+    if let Some((_, lengths)) = SEEN.lock().ok()?.iter().find(|(k, _)| *k == key) {
+        return Some(lengths.clone());
+    }
+    let tokenizer = BertTokenizer::load(teacher_dir, max_len).ok()?;
+    let task = Task::new(exp.task, exp.data.columns.as_ref());
+    let (train, _) = crate::train::load_splits(exp, &task).ok()?;
+    let lengths: Vec<usize> = TeacherSet::new(&train, &tokenizer).ok()?.rows.iter().map(|(ids, _)| ids.len()).collect();
+    SEEN.lock().ok()?.push((key, lengths.clone()));
+    Some(lengths)
 }
 
 fn training_rows(exp: &Experiment) -> Option<usize> {
@@ -148,4 +209,68 @@ fn last_teacher_pass_rate(out_dir: &Path, task: &str) -> Option<f64> {
         let column = reader.headers().ok()?.iter().position(|h| h == "teacher_pass_rows_per_s")?;
         reader.records().next()?.ok()?.get(column)?.parse().ok()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn experiment(task: &str, data: &str, teacher_len: usize, student_len: usize) -> Option<Experiment> {
+        let model = crate::config::distill_home().join("models/all-MiniLM-L6-v2");
+        if !model.join("model.safetensors").is_file() {
+            eprintln!("skipped: {} is missing; run scripts/setup", model.display());
+            return None;
+        }
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(data);
+        let text = format!(
+            r#"name = "cost"
+task = "{task}"
+stages = ["teacher", "student"]
+[data]
+dir = "{data}"
+train_limit = 40
+dev_limit = 8
+[vocab]
+kind = "wordpiece"
+tokenizer = "{model}"
+[teacher]
+model = "{model}"
+max_seq_len = {teacher_len}
+batch_size = 8
+lr = 5e-5
+epochs = 1
+[student]
+embedding_dim = 50
+hidden_size = 30
+max_seq_len = {student_len}
+dropout = 0.1
+optimizer = "adadelta"
+lr = 1.0
+batch_size = 8
+epochs = 1
+"#,
+            data = data.display(),
+            model = model.display()
+        );
+        Some(Experiment::parse(&text, "cost.toml", &[]).unwrap())
+    }
+
+    #[test]
+    fn row_cost_follows_length_and_model_size() {
+        let (Some(sst2), Some(mrpc), Some(mrpc_cut)) =
+            (experiment("sst2", "SST-2", 128, 64), experiment("mrpc", "MRPC", 128, 64), experiment("mrpc", "MRPC", 8, 4))
+        else {
+            return;
+        };
+        // MRPC pairs run to ~50 pieces, SST-2 phrases to ~13: a rate measured on one must be
+        // scaled several times over for the other.
+        let ratio = row_cost(&mrpc, CostedModel::Teacher).unwrap() / row_cost(&sst2, CostedModel::Teacher).unwrap();
+        assert!(ratio > 2.0, "MRPC rows cost {ratio:.2}× SST-2's");
+        // Every MRPC pair is longer than 8 pieces: cut there, a row is 8 tokens of the model's
+        // multiply-adds (MiniLM: 6 layers, hidden 384, intermediate 1536).
+        assert_eq!(row_cost(&mrpc_cut, CostedModel::Teacher).unwrap(), (8 * 6 * 384 * (4 * 384 + 2 * 1536)) as f64);
+        assert_eq!(row_cost(&mrpc_cut, CostedModel::Student).unwrap(), (4 * 8 * 30 * (50 + 30)) as f64);
+        let no_teacher = Experiment { teacher: None, ..mrpc };
+        assert_eq!(row_cost(&no_teacher, CostedModel::Student), None);
+    }
 }
