@@ -33,10 +33,15 @@ impl Linear {
 
     /// `x · weightᵀ + bias` on plain values (`rows × in` → `rows × out`), for tape-free inference.
     pub fn apply(&self, xs: &[f32], rows: usize) -> Vec<f32> {
+        self.apply_with(&contiguous_values(&self.weight), xs, rows)
+    }
+
+    /// [`Linear::apply`] with the weight's values already copied out (`forward` keeps them
+    /// for its backward, so the weight is copied once per step, not twice).
+    fn apply_with(&self, w: &[f32], xs: &[f32], rows: usize) -> Vec<f32> {
         let (outputs, inputs) = *self.weight.shape();
-        let w = contiguous_values(&self.weight);
         let mut out = self.bias.as_vec().repeat(rows);
-        matmul(&mut out, MatRef::new(xs, rows, inputs), MatRef::new(&w, outputs, inputs).t(), true, rayon::current_num_threads());
+        matmul(&mut out, MatRef::new(xs, rows, inputs), MatRef::new(w, outputs, inputs).t(), true, rayon::current_num_threads());
         out
     }
 
@@ -49,12 +54,12 @@ impl Linear {
         let threads = rayon::current_num_threads();
         let (x, mut tape) = x.split_tape();
         let xs = contiguous_values(&x);
-        let out = self.apply(&xs, rows);
+        let w = contiguous_values(&self.weight);
+        let out = self.apply_with(&w, &xs, rows);
         let out = x.device().tensor_from_vec(out, (rows, outputs));
         if !T::OWNS_TAPE {
             return out.put_tape(tape);
         }
-        let w = contiguous_values(&self.weight);
         let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
         let (weight, bias) = (self.weight.clone(), self.bias.clone());
         tape.add_backward_op(move |grads| {

@@ -668,6 +668,23 @@ mod tests {
     }
 
     #[test]
+    fn int8_kernels_stay_exact_at_the_extremes() {
+        // Every input and weight at ±full scale (±127, inputs as u8 1 or 255): the largest
+        // products the INT8 kernels see; a kernel that sums pairs in i16 (`vpmaddubsw`) would
+        // saturate here.
+        let (rows, k, n) = (7, 96, 70);
+        let x: Vec<f32> = (0..rows * k).map(|i| if (i * 7) % 5 == 0 { -1.0 } else { 1.0 }).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| if (i * 3) % 7 == 0 { -1.0 } else { 1.0 }).collect();
+        let want = reference(&x, &w, &vec![0.0; n], rows, k, n);
+        let linear = PackedLinear::new(&w, &vec![0.0; n], n, k, Precision::Int8);
+        for kernel in Kernel::available(Precision::Int8, cpu_features()) {
+            let got = linear.forward_with(kernel, &x, rows, Activation::None);
+            let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{kernel:?}: off by {worst} at full scale");
+        }
+    }
+
+    #[test]
     fn gelu_is_fused_after_the_bias() {
         let (rows, k, n) = (9, 10, 70);
         let (x, w, b) = (values(rows * k, 4, 1.0), values(n * k, 5, 0.3), values(n, 6, 0.2));
