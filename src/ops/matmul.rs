@@ -242,6 +242,9 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn matmul_acc(b: &PackedRhs, out: &mut [f32], a: &[f32], m: usize) {
+        if m == 1 {
+            return one_row(b, out, a);
+        }
         for p in 0..b.n.div_ceil(PANEL) {
             for half in 0..(b.n - p * PANEL).min(PANEL).div_ceil(HALF) {
                 let tile = Tile { panel: p, first: half * HALF };
@@ -259,6 +262,40 @@ mod avx2 {
                     _ => block::<5>(b, tile, out, a, r),
                 }
             }
+        }
+    }
+
+    /// One row (batch-1 inference): two whole panels per pass, so each broadcast input
+    /// serves eight weight vectors into eight independent sums (a one-row block over half
+    /// panels loads three values per two multiply-adds and waits on two running sums).
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn one_row(b: &PackedRhs, out: &mut [f32], a: &[f32]) {
+        let (k, n) = (b.k, b.n);
+        let panels = n.div_ceil(PANEL);
+        let mut p = 0;
+        while p < panels {
+            let count = (panels - p).min(2);
+            let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+            let first = b.panels.as_ptr().add(p * k * PANEL);
+            let second = if count == 2 { first.add(k * PANEL) } else { first };
+            for kk in 0..k {
+                let x = _mm256_set1_ps(*a.get_unchecked(kk));
+                let (w, v) = (first.add(kk * PANEL), second.add(kk * PANEL));
+                for q in 0..4 {
+                    acc[0][q] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w.add(8 * q)), acc[0][q]);
+                    acc[1][q] = _mm256_fmadd_ps(x, _mm256_loadu_ps(v.add(8 * q)), acc[1][q]);
+                }
+            }
+            for (c, acc) in acc.iter().enumerate().take(count) {
+                let col = (p + c) * PANEL;
+                let width = PANEL.min(n - col);
+                let mut lanes = [0f32; PANEL];
+                for (q, sum) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * q), *sum);
+                }
+                out[col..col + width].iter_mut().zip(&lanes).for_each(|(o, l)| *o += l);
+            }
+            p += count;
         }
     }
 
@@ -310,7 +347,7 @@ mod packed_tests {
 
     #[test]
     fn packed_matches_gemm_on_odd_sizes() {
-        for &(m, k, n) in &[(1, 1, 1), (7, 5, 33), (8, 300, 1200), (17, 13, 47), (64, 30, 16), (9, 3, 64), (5, 4, 31), (4, 2, 40)] {
+        for &(m, k, n) in &[(1, 1, 1), (1, 300, 1200), (1, 7, 33), (1, 5, 64), (1, 3, 95), (7, 5, 33), (8, 300, 1200), (17, 13, 47), (64, 30, 16), (9, 3, 64), (5, 4, 31), (4, 2, 40)] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.02).collect(); // n × k
             let start: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.001).collect();
