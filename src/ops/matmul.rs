@@ -269,6 +269,7 @@ mod avx2 {
     /// serves eight weight vectors into eight independent sums (a one-row block over half
     /// panels loads three values per two multiply-adds and waits on two running sums).
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // `acc[0][q]` and `acc[1][q]` side by side
     unsafe fn one_row(b: &PackedRhs, out: &mut [f32], a: &[f32]) {
         let (k, n) = (b.k, b.n);
         let panels = n.div_ceil(PANEL);
