@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use anyhow::{bail, Result};
 
 use crate::config::{expand_path, Experiment, Stage};
-use crate::data::Task;
+use crate::data::{Dataset, Task};
 use crate::encode::TeacherSet;
 use crate::models::bert::BertConfig;
 use crate::report::{read_results, ResultRow};
@@ -162,9 +162,10 @@ enum CostedModel {
 /// Multiply-adds per training row of `exp` for one model, up to a constant factor: the mean
 /// length of a training row in the teacher's pieces (cut at the model's `max_seq_len`; the
 /// student's own tokens are near enough) × the model's multiply-adds per token. `None`
-/// without a `[teacher]` and `[student]`, or when the data or the teacher dir cannot be read.
+/// without a `[teacher]` (and, for the student's cost, a `[student]`), or when the data or the
+/// teacher dir cannot be read.
 fn row_cost(exp: &Experiment, model: CostedModel) -> Option<f64> {
-    let (teacher, student) = (exp.teacher.as_ref()?, exp.student.as_ref()?);
+    let teacher = exp.teacher.as_ref()?;
     let dir = expand_path(&teacher.model);
     let (max_len, per_token) = match model {
         CostedModel::Teacher => {
@@ -172,8 +173,11 @@ fn row_cost(exp: &Experiment, model: CostedModel) -> Option<f64> {
             // Q, K, V, output (4·h²) and the two feed-forward GEMMs (2·h·inner) per layer.
             (teacher.max_seq_len, c.num_hidden_layers * c.hidden_size * (4 * c.hidden_size + 2 * c.intermediate_size))
         }
-        // Four gates, both directions.
-        CostedModel::Student => (student.max_seq_len, 8 * student.hidden_size * (student.embedding_dim + student.hidden_size)),
+        CostedModel::Student => {
+            let student = exp.student.as_ref()?;
+            // Four gates, both directions.
+            (student.max_seq_len, 8 * student.hidden_size * (student.embedding_dim + student.hidden_size))
+        }
     };
     let lengths = piece_lengths(exp, &dir, teacher.max_seq_len)?;
     let tokens: usize = lengths.iter().map(|&len| len.min(max_len)).sum();
@@ -189,17 +193,18 @@ fn piece_lengths(exp: &Experiment, teacher_dir: &Path, max_len: usize) -> Option
         return Some(lengths.clone());
     }
     let tokenizer = BertTokenizer::load(teacher_dir, max_len).ok()?;
-    let task = Task::new(exp.task, exp.data.columns.as_ref());
-    let (train, _) = crate::train::load_splits(exp, &task).ok()?;
-    let lengths: Vec<usize> = TeacherSet::new(&train, &tokenizer).ok()?.rows.iter().map(|(ids, _)| ids.len()).collect();
+    let lengths: Vec<usize> = TeacherSet::new(&training_split(exp)?, &tokenizer).ok()?.rows.iter().map(|(ids, _)| ids.len()).collect();
     SEEN.lock().ok()?.push((key, lengths.clone()));
     Some(lengths)
 }
 
 fn training_rows(exp: &Experiment) -> Option<usize> {
+    Some(training_split(exp)?.examples.len())
+}
+
+fn training_split(exp: &Experiment) -> Option<Dataset> {
     let task = Task::new(exp.task, exp.data.columns.as_ref());
-    let (train, _) = crate::train::load_splits(exp, &task).ok()?;
-    Some(train.examples.len())
+    crate::train::load_splits(exp, &task).ok().map(|(train, _)| train)
 }
 
 /// `teacher_pass_rows_per_s` of the newest finished distill stage of `task`.
@@ -270,6 +275,9 @@ epochs = 1
         // multiply-adds (MiniLM: 6 layers, hidden 384, intermediate 1536).
         assert_eq!(row_cost(&mrpc_cut, CostedModel::Teacher).unwrap(), (8 * 6 * 384 * (4 * 384 + 2 * 1536)) as f64);
         assert_eq!(row_cost(&mrpc_cut, CostedModel::Student).unwrap(), (4 * 8 * 30 * (50 + 30)) as f64);
+        let no_student = Experiment { student: None, ..mrpc_cut.clone() };
+        assert_eq!(row_cost(&no_student, CostedModel::Teacher), row_cost(&mrpc_cut, CostedModel::Teacher));
+        assert_eq!(row_cost(&no_student, CostedModel::Student), None);
         let no_teacher = Experiment { teacher: None, ..mrpc };
         assert_eq!(row_cost(&no_teacher, CostedModel::Student), None);
     }
