@@ -51,7 +51,12 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
                 println!("  {:<18} pending: {reason}", kind.title());
                 continue;
             }
+            let mut cell_keys = HashSet::new();
             for exp in column.experiments(kind)? {
+                // Seeds that share this stage (a teacher with `teacher.seed` fixed) share one line.
+                if !cell_keys.insert(stage_key(&exp, kind.stage())) {
+                    continue;
+                }
                 match find_finished(&exp, kind.stage()) {
                     Some(found) => println!(
                         "  {:<18} finished: dev accuracy {:.4}, F1 {:.4} ({})",
@@ -64,8 +69,8 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
                         let (stages, command) = column.command(kind, &exp);
                         println!("  {:<18} missing: {command}", kind.title());
                         for stage in stages {
-                            // A stage two cells share (a column's teacher) runs once.
-                            let line = if planned.insert(stage_key(&exp, stage)) {
+                            // A stage two cells share (a column's teacher) runs once; a finished one is reused by each.
+                            let line = if find_finished(&exp, stage).is_some() || planned.insert(stage_key(&exp, stage)) {
                                 plan_line(&exp, stage)
                             } else {
                                 format!("{}: runs once, listed above", stage.name())

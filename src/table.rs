@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::config::{DistillConfig, DistillLoss, Experiment, Stage};
+use crate::config::{DistillConfig, DistillLoss, Experiment, Stage, VectorsTeacher};
 use crate::files::write_atomic;
 use crate::train::stage_key::{find_finished, stage_key};
 
@@ -137,10 +137,12 @@ impl ColumnSpec {
     }
 
     /// The stages a run must list to fill the cell (the distill stage needs its teacher stage
-    /// unless `distill.teacher` names one), and the command that runs them.
+    /// unless `distill.teacher` names one; so does a student whose vectors that teacher makes),
+    /// and the command that runs them.
     pub fn command(&self, kind: RowKind, exp: &Experiment) -> (Vec<Stage>, String) {
         let stages = match kind {
             RowKind::Distilled if exp.distill.as_ref().is_none_or(|d| d.teacher.is_none()) => vec![Stage::Teacher, Stage::Distill],
+            RowKind::Student if exp.vectors_teacher() == Some(VectorsTeacher::Trained) => vec![Stage::Teacher, Stage::Student],
             _ => vec![kind.stage()],
         };
         let list: Vec<String> = stages.iter().map(|s| format!("\"{}\"", s.name())).collect();
@@ -232,7 +234,12 @@ fn build_cell(column: &ColumnSpec, kind: RowKind) -> Result<Cell> {
     }
     let (mut rows, mut keys, mut missing) = (Vec::new(), Vec::new(), Vec::new());
     for exp in &experiments {
-        keys.push(stage_key(exp, kind.stage()));
+        // Seeds that share the stage (a teacher with `teacher.seed` fixed) share one run: counted once.
+        let key = stage_key(exp, kind.stage());
+        if keys.contains(&key) {
+            continue;
+        }
+        keys.push(key);
         match find_finished(exp, kind.stage()) {
             Some(found) => rows.push(found.row),
             None => missing.push(column.command(kind, exp).1),
@@ -252,7 +259,12 @@ fn build_cell(column: &ColumnSpec, kind: RowKind) -> Result<Cell> {
     };
     if !column.seeds.is_empty() {
         let seeds: Vec<String> = column.seeds.iter().map(|s| s.to_string()).collect();
-        notes.insert(0, format!("mean ± sample std over seeds {} (n = {} of {})", seeds.join(", "), rows.len(), seeds.len()));
+        let note = if keys.len() == 1 {
+            format!("one run shared by seeds {} (this stage does not read the training seed)", seeds.join(", "))
+        } else {
+            format!("mean ± sample std over seeds {} (n = {} of {})", seeds.join(", "), rows.len(), keys.len())
+        };
+        notes.insert(0, note);
     }
     for command in missing.iter().rev() {
         notes.insert(0, format!("not run yet: {command}"));
@@ -378,6 +390,36 @@ pub fn write(spec: &TableSpec, cells: &[Cell], out_dir: &Path) -> Result<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The command a missing cell prints trains the stage the cell looks for: the experiment
+    /// loaded with the command's stage list has the cell's key, for every cell of the paper's
+    /// table and for students whose vectors the fine-tuned teacher makes.
+    #[test]
+    fn a_cells_command_trains_the_stage_the_cell_looks_for() {
+        let mut spec = TableSpec::load(Path::new("experiments/paper.toml")).unwrap();
+        let teacher_vectors = TableSpec::parse(
+            "[[column]]\ntitle = \"ChnSentiCorp, teacher-made vectors\"\nfile = \"experiments/chnsenticorp.toml\"\nset = [\"embeddings.source=\\\"teacher\\\"\", \"teacher.seed=1\"]\nseeds = [2]\n",
+            "vectors.toml",
+        )
+        .unwrap();
+        spec.column.extend(teacher_vectors.column);
+        let mut checked = 0;
+        for column in spec.column.iter().filter(|c| c.cell(RowKind::Teacher).pending.is_none()) {
+            for kind in RowKind::ALL {
+                for exp in column.experiments(kind).unwrap() {
+                    let (stages, _) = column.command(kind, &exp);
+                    let list: Vec<String> = stages.iter().map(|s| format!("\"{}\"", s.name())).collect();
+                    let mut sets: Vec<String> = column.sets(kind).cloned().collect();
+                    sets.push(format!("seed={}", exp.seed));
+                    sets.push(format!("stages=[{}]", list.join(",")));
+                    let run = Experiment::load(Path::new(&column.file), &sets).unwrap();
+                    assert_eq!(stage_key(&run, kind.stage()), stage_key(&exp, kind.stage()), "{} / {}: {sets:?}", column.title, kind.title());
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 12, "{checked}");
+    }
 
     #[test]
     fn distilled_footnote_names_epochs_and_loss_that_differ_from_the_seed() {

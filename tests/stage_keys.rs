@@ -114,6 +114,8 @@ fn teacher_and_transfer_set_seeds_are_split_from_the_training_seed() {
     assert!(student_1 != student_2 && distill_1 != distill_2, "the students train again");
     assert_eq!(keys(&["teacher.seed=2"])[0], keys(&["seed=2"])[0], "teacher.seed = 2 is the teacher of seed = 2");
     assert_eq!(keys(&["teacher.seed=1"])[0], keys(&["seed=1"])[0]);
+    assert_eq!(keys(&["augment.seed=1", "seed=1"])[2], keys(&["seed=1"])[2], "augment.seed = seed is the transfer set of an unset one");
+    assert_eq!(distill_1, keys(&["seed=1"])[2], "seed 1 of a split sweep finds the run made without the split");
     assert_ne!(keys(&["augment.seed=3"])[2], keys(&[])[2], "another transfer set is another distill stage");
 }
 
@@ -222,4 +224,15 @@ dropout = 0.1
     let third_dir = Path::new(&third[0].run_dir);
     let model = distill::models::bilstm::BiLstmStudent::load(&third_dir.join("student/model.safetensors"), &Cpu::default());
     assert!(model.is_ok(), "the linked student loads from the new run dir");
+
+    // A table column over seeds with the teacher's seed fixed: the teacher cell is the one run
+    // the seeds share (no ± of a run against itself); the student cell waits for seed 2.
+    let spec = format!("[[column]]\ntitle = \"T\"\nfile = {:?}\nset = [\"teacher.seed=1\"]\nseeds = [1, 2]\n", file.display().to_string());
+    let cells = distill::table::build(&distill::table::TableSpec::parse(&spec, "paper.toml").unwrap()).unwrap();
+    let teacher = &cells[0];
+    assert_eq!((teacher.runs, teacher.value.clone()), (1, format!("{:.4}", first[0].dev_accuracy)), "{teacher:?}");
+    assert!(teacher.footnote.starts_with("one run shared by seeds 1, 2"), "{}", teacher.footnote);
+    let student = &cells[1];
+    assert_eq!(student.runs, 1);
+    assert!(student.footnote.contains("--set seed=2") && student.footnote.contains("(n = 1 of 2)"), "{}", student.footnote);
 }

@@ -68,7 +68,7 @@ pub fn stage_key(exp: &Experiment, stage: Stage) -> String {
                 teacher: String,
                 teacher_max_seq_len: usize,
                 student: Option<Architecture>,
-                augment: &'a crate::config::AugmentConfig,
+                augment: crate::config::AugmentConfig,
                 distill: &'a Option<crate::config::DistillConfig>,
             }
             let teacher = match exp.distill.as_ref().and_then(|d| d.teacher.as_ref()) {
@@ -88,7 +88,8 @@ pub fn stage_key(exp: &Experiment, stage: Stage) -> String {
                 teacher,
                 teacher_max_seq_len: exp.teacher.as_ref().map_or(128, |t| t.max_seq_len),
                 student,
-                augment: &exp.augment,
+                // `augment.seed = 1` and `seed = 1` draw the same transfer set (an unset one keeps the old key).
+                augment: crate::config::AugmentConfig { seed: Some(exp.augment_seed()).filter(|&s| s != exp.seed), ..exp.augment.clone() },
                 distill: &exp.distill,
             };
             format!("distill-{}", hash(&inputs))
