@@ -242,8 +242,10 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn matmul_acc(b: &PackedRhs, out: &mut [f32], a: &[f32], m: usize) {
-        if m == 1 {
-            return one_row(b, out, a);
+        match m {
+            1 => return few_rows::<1, 2>(b, out, a),
+            2 => return few_rows::<2, 1>(b, out, a),
+            _ => {}
         }
         for p in 0..b.n.div_ceil(PANEL) {
             for half in 0..(b.n - p * PANEL).min(PANEL).div_ceil(HALF) {
@@ -265,36 +267,49 @@ mod avx2 {
         }
     }
 
-    /// One row (batch-1 inference): two whole panels per pass, so each broadcast input
-    /// serves eight weight vectors into eight independent sums (a one-row block over half
-    /// panels loads three values per two multiply-adds and waits on two running sums).
+    /// One or two rows (batch-1 inference; a pair's two sides): whole panels per pass — two
+    /// for one row, one for two — so each broadcast input serves four or eight weight vectors
+    /// and eight sums run independently (a block over half panels loads a weight vector per
+    /// one or two multiply-adds and waits on two or four running sums). Each column sums in
+    /// the block's order, so the values are the block's bit for bit.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::needless_range_loop)] // `acc[0][q]` and `acc[1][q]` side by side
-    unsafe fn one_row(b: &PackedRhs, out: &mut [f32], a: &[f32]) {
+    unsafe fn few_rows<const R: usize, const P: usize>(b: &PackedRhs, out: &mut [f32], a: &[f32]) {
         let (k, n) = (b.k, b.n);
         let panels = n.div_ceil(PANEL);
         let mut p = 0;
         while p < panels {
-            let count = (panels - p).min(2);
-            let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-            let first = b.panels.as_ptr().add(p * k * PANEL);
-            let second = if count == 2 { first.add(k * PANEL) } else { first };
+            let count = (panels - p).min(P);
+            let mut acc = [[[_mm256_setzero_ps(); 4]; P]; R];
+            let mut weights = [b.panels.as_ptr().add(p * k * PANEL); P];
+            for (c, w) in weights.iter_mut().enumerate().skip(1) {
+                // Past the last panel: read the first again, its sums are not stored.
+                *w = if c < count { w.add(c * k * PANEL) } else { *w };
+            }
             for kk in 0..k {
-                let x = _mm256_set1_ps(*a.get_unchecked(kk));
-                let (w, v) = (first.add(kk * PANEL), second.add(kk * PANEL));
-                for q in 0..4 {
-                    acc[0][q] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w.add(8 * q)), acc[0][q]);
-                    acc[1][q] = _mm256_fmadd_ps(x, _mm256_loadu_ps(v.add(8 * q)), acc[1][q]);
+                let mut x = [_mm256_setzero_ps(); R];
+                for (i, x) in x.iter_mut().enumerate() {
+                    *x = _mm256_set1_ps(*a.get_unchecked(i * k + kk));
+                }
+                for (c, w) in weights.iter().enumerate() {
+                    let w = w.add(kk * PANEL);
+                    for q in 0..4 {
+                        let v = _mm256_loadu_ps(w.add(8 * q));
+                        for (acc, x) in acc.iter_mut().zip(&x) {
+                            acc[c][q] = _mm256_fmadd_ps(*x, v, acc[c][q]);
+                        }
+                    }
                 }
             }
-            for (c, acc) in acc.iter().enumerate().take(count) {
-                let col = (p + c) * PANEL;
-                let width = PANEL.min(n - col);
-                let mut lanes = [0f32; PANEL];
-                for (q, sum) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * q), *sum);
+            for (i, acc) in acc.iter().enumerate() {
+                for (c, acc) in acc.iter().enumerate().take(count) {
+                    let col = (p + c) * PANEL;
+                    let width = PANEL.min(n - col);
+                    let mut lanes = [0f32; PANEL];
+                    for (q, sum) in acc.iter().enumerate() {
+                        _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * q), *sum);
+                    }
+                    out[i * n + col..i * n + col + width].iter_mut().zip(&lanes).for_each(|(o, l)| *o += l);
                 }
-                out[col..col + width].iter_mut().zip(&lanes).for_each(|(o, l)| *o += l);
             }
             p += count;
         }
@@ -348,7 +363,7 @@ mod packed_tests {
 
     #[test]
     fn packed_matches_gemm_on_odd_sizes() {
-        for &(m, k, n) in &[(1, 1, 1), (1, 300, 1200), (1, 7, 33), (1, 5, 64), (1, 3, 95), (7, 5, 33), (8, 300, 1200), (17, 13, 47), (64, 30, 16), (9, 3, 64), (5, 4, 31), (4, 2, 40)] {
+        for &(m, k, n) in &[(1, 1, 1), (1, 300, 1200), (1, 7, 33), (1, 5, 64), (1, 3, 95), (2, 300, 1200), (2, 7, 33), (2, 3, 95), (7, 5, 33), (8, 300, 1200), (17, 13, 47), (64, 30, 16), (9, 3, 64), (5, 4, 31), (4, 2, 40)] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.02).collect(); // n × k
             let start: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.001).collect();
@@ -361,6 +376,27 @@ mod packed_tests {
                 packed.matmul_acc_with(kernel, &mut got, &a, m);
                 for (x, y) in want.iter().zip(&got) {
                     assert!((x - y).abs() < 1e-3 * (1.0 + x.abs()), "{kernel:?} {m}×{k}×{n}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    /// The one- and two-row paths sum each column as the row blocks do: a product's first
+    /// rows alone equal, bit for bit, the same rows inside a larger product.
+    #[test]
+    fn few_row_paths_equal_the_row_blocks_bit_for_bit() {
+        for &(k, n) in &[(300, 1200), (7, 33), (3, 95), (5, 64)] {
+            let m = 8;
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 29 % 103) as f32 - 51.0) * 0.013).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 41 % 89) as f32 - 44.0) * 0.021).collect();
+            let packed = PackedRhs::new(MatRef::new(&w, n, k).t());
+            for kernel in Kernel::available(Precision::F32, cpu_features()) {
+                let mut all = vec![0.5f32; m * n];
+                packed.matmul_acc_with(kernel, &mut all, &a, m);
+                for rows in [1, 2] {
+                    let mut few = vec![0.5f32; rows * n];
+                    packed.matmul_acc_with(kernel, &mut few, &a, rows);
+                    assert!(few == all[..rows * n], "{kernel:?} {rows}×{k}×{n}");
                 }
             }
         }
