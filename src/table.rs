@@ -316,10 +316,13 @@ fn differences(exp: &Experiment, kind: RowKind, seed: &SeedSetup) -> Vec<String>
         compare("teacher", teacher_model.as_deref().map(base).unwrap_or_else(|| "none".into()), &seed.teacher);
     }
     if kind != RowKind::Teacher {
-        let vectors = match (&exp.embeddings.path, exp.student.as_ref()) {
-            (Some(p), Some(s)) => format!("{} ({}d)", base(p), s.embedding_dim),
-            (Some(p), None) => base(p),
-            (None, _) => "random init".into(),
+        let dim = exp.student.as_ref().map(|s| format!(" ({}d)", s.embedding_dim)).unwrap_or_default();
+        let vectors = match (exp.vectors_teacher(), &exp.embeddings.path) {
+            (Some(VectorsTeacher::Trained), _) => format!("made by the fine-tuned teacher{dim}"),
+            (Some(VectorsTeacher::Dir(dir)), _) => format!("made by the teacher {}{dim}", base(&dir)),
+            (Some(VectorsTeacher::Pretrained(model)), _) => format!("made by the pretrained {}{dim}", base(&model)),
+            (None, Some(p)) => format!("{}{dim}", base(p)),
+            (None, None) => "random init".into(),
         };
         compare("vectors", vectors, &seed.vectors);
         let vocab = match (&exp.vocab.kind, &exp.vocab.tokenizer) {
@@ -422,17 +425,22 @@ mod tests {
     }
 
     #[test]
-    fn distilled_footnote_names_epochs_and_loss_that_differ_from_the_seed() {
+    fn footnotes_name_what_differs_from_the_seed() {
         let overrides = ["distill.alpha=0.7".to_string(), "distill.epochs=10".to_string()];
         let exp = Experiment::load(Path::new("experiments/sst2.toml"), &overrides).unwrap();
         let seed = SeedSetup { n_iter: Some(20), distill_epochs: Some(6), distill_loss: Some("mse".into()), ..Default::default() };
         let notes = differences(&exp, RowKind::Distilled, &seed);
         assert!(notes.contains(&"n_iter 10 (seed: 20)".to_string()), "{notes:?}");
+        assert!(notes.contains(&"vectors made by the fine-tuned teacher (50d)".to_string()), "{notes:?}");
         assert!(notes.contains(&"epochs 10 (seed: 6)".to_string()), "{notes:?}");
         assert!(notes.contains(&"loss 0.7·ce + 0.3·mse (seed: mse)".to_string()), "{notes:?}");
 
         let same = SeedSetup { n_iter: Some(10), distill_epochs: Some(10), distill_loss: Some("0.7·ce + 0.3·mse".into()), ..Default::default() };
         let notes = differences(&exp, RowKind::Distilled, &same);
         assert!(!notes.iter().any(|n| n.starts_with("n_iter") || n.starts_with("epochs") || n.starts_with("loss")), "{notes:?}");
+
+        let glove = ["embeddings={path=\"glove.6B.50d.txt\",format=\"glove\"}".to_string()];
+        let notes = differences(&Experiment::load(Path::new("experiments/sst2.toml"), &glove).unwrap(), RowKind::Student, &seed);
+        assert!(notes.contains(&"vectors glove.6B.50d.txt (50d)".to_string()), "{notes:?}");
     }
 }
