@@ -168,7 +168,7 @@ fn bad_settings_are_caught_before_anything_trains() {
     assert!(load(&[]).is_ok(), "{:?}", load(&[]).err());
     let cases: &[(&[&str], &str, &str)] = &[
         (&["augment.pos_lexicon=\"/nowhere/lexicon.txt\""], "augment.pos_lexicon", "no such POS lexicon"),
-        (&["embeddings.path=\"/nowhere/vectors.txt\""], "embeddings.path", "no such vectors file"),
+        (&["embeddings={path=\"/nowhere/vectors.txt\",format=\"glove\"}"], "embeddings.path", "no such vectors file"),
         (&["augment.pos_lexicon=\"${DISTILL_TEST_UNSET_VARIABLE}/x\""], "augment.pos_lexicon", "is not set"),
         (&["teacher.max_seq_len=600"], "teacher.max_seq_len", "max_position_embeddings (512)"),
         (&["stages=[\"student\", \"student\"]"], "stages", "listed twice"),
