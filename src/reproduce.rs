@@ -51,12 +51,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
                 println!("  {:<18} pending: {reason}", kind.title());
                 continue;
             }
-            let mut cell_keys = HashSet::new();
-            for exp in column.experiments(kind)? {
-                // Seeds that share this stage (a teacher with `teacher.seed` fixed) share one line.
-                if !cell_keys.insert(stage_key(&exp, kind.stage())) {
-                    continue;
-                }
+            for (_, exp) in column.runs(kind)? {
                 match find_finished(&exp, kind.stage()) {
                     Some(found) => println!(
                         "  {:<18} finished: dev accuracy {:.4}, F1 {:.4} ({})",
@@ -69,11 +64,11 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
                         let (stages, command) = column.command(kind, &exp);
                         println!("  {:<18} missing: {command}", kind.title());
                         for stage in stages {
-                            // A stage two cells share (a column's teacher) runs once; a finished one is reused by each.
-                            let line = if find_finished(&exp, stage).is_some() || planned.insert(stage_key(&exp, stage)) {
-                                plan_line(&exp, stage)
-                            } else {
-                                format!("{}: runs once, listed above", stage.name())
+                            // A finished stage is reused by each cell; one two cells share (a column's teacher) runs once.
+                            let line = match find_finished(&exp, stage) {
+                                Some(found) => format!("{}: reuse {}", stage.name(), found.dir.display()),
+                                None if planned.insert(stage_key(&exp, stage)) => estimate_line(&exp, stage),
+                                None => format!("{}: runs once, listed above", stage.name()),
                             };
                             println!("  {:<18}   {line}", "");
                         }
@@ -100,11 +95,8 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     Ok(())
 }
 
-/// "stage: reuse DIR" or "stage: train, about N min (from the last measured rate)".
-fn plan_line(exp: &Experiment, stage: Stage) -> String {
-    if let Some(found) = find_finished(exp, stage) {
-        return format!("{}: reuse {}", stage.name(), found.dir.display());
-    }
+/// "stage: train, about N min (from the last measured rate)".
+fn estimate_line(exp: &Experiment, stage: Stage) -> String {
     match estimate_seconds(exp, stage) {
         Some((seconds, task)) => format!(
             "{}: train, about {:.0} min (from the last measured throughput of this stage, on {task}{})",

@@ -136,6 +136,19 @@ impl ColumnSpec {
             .collect()
     }
 
+    /// The runs behind a row's cell: its experiments with their stage keys, one per distinct
+    /// key — seeds that share the stage (a teacher with `teacher.seed` fixed) share one run.
+    pub fn runs(&self, kind: RowKind) -> Result<Vec<(String, Experiment)>> {
+        let mut runs: Vec<(String, Experiment)> = Vec::new();
+        for exp in self.experiments(kind)? {
+            let key = stage_key(&exp, kind.stage());
+            if !runs.iter().any(|(k, _)| *k == key) {
+                runs.push((key, exp));
+            }
+        }
+        Ok(runs)
+    }
+
     /// The stages a run must list to fill the cell (the distill stage needs its teacher stage
     /// unless `distill.teacher` names one; so does a student whose vectors that teacher makes),
     /// and the command that runs them.
@@ -172,7 +185,7 @@ pub struct Cell {
     pub seeds: usize,
     /// The runs that trained the cell's stage, space-separated (empty while missing).
     pub run_id: String,
-    /// The cell's stage keys (`train::stage_key`), one per seed, space-separated.
+    /// The cell's stage keys (`train::stage_key`), one per distinct run, space-separated.
     pub stage_key: String,
     pub footnote: String,
 }
@@ -222,8 +235,8 @@ fn build_cell(column: &ColumnSpec, kind: RowKind) -> Result<Cell> {
             footnote: format!("pending: {reason}"),
         });
     }
-    let experiments = column.experiments(kind)?;
-    let mut notes = differences(&experiments[0], kind, &column.seed);
+    let runs = column.runs(kind)?;
+    let mut notes = differences(&runs[0].1, kind, &column.seed);
     let seed_result = match kind {
         RowKind::Teacher => &column.seed.teacher_result,
         RowKind::Student => &column.seed.student_result,
@@ -232,14 +245,8 @@ fn build_cell(column: &ColumnSpec, kind: RowKind) -> Result<Cell> {
     if let Some(r) = seed_result {
         notes.push(format!("seed's result {r}"));
     }
-    let (mut rows, mut keys, mut missing) = (Vec::new(), Vec::new(), Vec::new());
-    for exp in &experiments {
-        // Seeds that share the stage (a teacher with `teacher.seed` fixed) share one run: counted once.
-        let key = stage_key(exp, kind.stage());
-        if keys.contains(&key) {
-            continue;
-        }
-        keys.push(key);
+    let (mut rows, mut missing) = (Vec::new(), Vec::new());
+    for (_, exp) in &runs {
         match find_finished(exp, kind.stage()) {
             Some(found) => rows.push(found.row),
             None => missing.push(column.command(kind, exp).1),
@@ -259,10 +266,10 @@ fn build_cell(column: &ColumnSpec, kind: RowKind) -> Result<Cell> {
     };
     if !column.seeds.is_empty() {
         let seeds: Vec<String> = column.seeds.iter().map(|s| s.to_string()).collect();
-        let note = if keys.len() == 1 {
+        let note = if runs.len() == 1 {
             format!("one run shared by seeds {} (this stage does not read the training seed)", seeds.join(", "))
         } else {
-            format!("mean ± sample std over seeds {} (n = {} of {})", seeds.join(", "), rows.len(), keys.len())
+            format!("mean ± sample std over seeds {} (n = {} of {})", seeds.join(", "), rows.len(), runs.len())
         };
         notes.insert(0, note);
     }
@@ -280,9 +287,9 @@ fn build_cell(column: &ColumnSpec, kind: RowKind) -> Result<Cell> {
         dev_f1: f1.map(|(m, _)| m),
         dev_f1_std: f1.and_then(|(_, s)| s),
         runs: rows.len(),
-        seeds: experiments.len(),
+        seeds: column.seeds.len().max(1),
         run_id: run_ids.join(" "),
-        stage_key: keys.join(" "),
+        stage_key: runs.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>().join(" "),
         footnote: notes.join("; "),
     })
 }
