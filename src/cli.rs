@@ -81,9 +81,9 @@ pub enum Command {
         /// The table file naming each column's experiment file (and overrides).
         #[arg(default_value = "experiments/paper.toml")]
         spec: PathBuf,
-        /// Where table.csv and table.md go.
-        #[arg(long, default_value = "runs")]
-        out: PathBuf,
+        /// Where table.csv and table.md go [default: the table file's `out`, else runs].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List every cell of the table with its state, run what is missing (shared stages once),
     /// and write the table.
@@ -204,6 +204,7 @@ impl Cli {
             }
             Command::Table { spec, out } => {
                 let table = TableSpec::load(&spec)?;
+                let out = table.out_dir(out);
                 let cells = crate::table::build(&table)?;
                 print!("{}", crate::table::write(&table, &cells, &out)?);
                 eprintln!("written: {} and {}", out.join("table.md").display(), out.join("table.csv").display());

@@ -129,21 +129,9 @@ pub struct TransferLogits {
     pub rows_per_s: Option<f64>,
 }
 
-/// Teacher logits for texts (or pairs), computed once per (teacher weights, max length,
-/// precision, texts) and cached in `cache_dir` as safetensors; later calls with the same
-/// inputs read the file. FP32 keys are those of earlier versions (the precision is hashed
-/// only when it is not f32), so existing caches stay valid.
-#[allow(clippy::too_many_arguments)]
-pub fn cached_teacher_logits(
-    teacher_dir: &Path,
-    max_seq_len: usize,
-    texts: &[(String, Option<String>)],
-    batch_size: usize,
-    num_labels: usize,
-    cache_dir: &Path,
-    device: DeviceName,
-    precision: Precision,
-) -> Result<TransferLogits> {
+/// The logits cache's key: a hash of the teacher's weights and config, the max length, the
+/// precision (when not f32) and the texts.
+pub fn logits_cache_key(teacher_dir: &Path, max_seq_len: usize, texts: &[(String, Option<String>)], precision: Precision) -> Result<String> {
     let mut hasher = Sha256::new();
     for file in ["model.safetensors", "config.json"] {
         let path = teacher_dir.join(file);
@@ -162,8 +150,30 @@ pub fn cached_teacher_logits(
         }
         hasher.update([1u8]);
     }
-    let key: String = hasher.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
-    let path = cache_dir.join(format!("teacher-logits-{key}.safetensors"));
+    Ok(hasher.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect())
+}
+
+pub fn logits_cache_path(cache_dir: &Path, key: &str) -> std::path::PathBuf {
+    cache_dir.join(format!("teacher-logits-{key}.safetensors"))
+}
+
+/// Teacher logits for texts (or pairs), computed once per (teacher weights, max length,
+/// precision, texts) and cached in `cache_dir` as safetensors; later calls with the same
+/// inputs read the file. FP32 keys are those of earlier versions (the precision is hashed
+/// only when it is not f32), so existing caches stay valid.
+#[allow(clippy::too_many_arguments)]
+pub fn cached_teacher_logits(
+    teacher_dir: &Path,
+    max_seq_len: usize,
+    texts: &[(String, Option<String>)],
+    batch_size: usize,
+    num_labels: usize,
+    cache_dir: &Path,
+    device: DeviceName,
+    precision: Precision,
+) -> Result<TransferLogits> {
+    let key = logits_cache_key(teacher_dir, max_seq_len, texts, precision)?;
+    let path = logits_cache_path(cache_dir, &key);
     if path.is_file() {
         let bytes = std::fs::read(&path)?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).with_context(|| format!("{}: corrupt cache file; delete it", path.display()))?;

@@ -29,9 +29,9 @@ pub struct ReproduceArgs {
     /// Only the column with this title (e.g. `--only MRPC`).
     #[arg(long)]
     pub only: Option<String>,
-    /// Where table.md and table.csv go.
-    #[arg(long, default_value = "runs")]
-    pub out: PathBuf,
+    /// Where table.md and table.csv go [default: the table file's `out`, else runs].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 pub fn run(args: ReproduceArgs) -> Result<()> {
@@ -90,8 +90,9 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     }
     // The whole table, whatever `--only` ran.
     let cells = crate::table::build(&spec)?;
-    print!("{}", crate::table::write(&spec, &cells, &args.out)?);
-    eprintln!("written: {} and {}", args.out.join("table.md").display(), args.out.join("table.csv").display());
+    let out = spec.out_dir(args.out);
+    print!("{}", crate::table::write(&spec, &cells, &out)?);
+    eprintln!("written: {} and {}", out.join("table.md").display(), out.join("table.csv").display());
     Ok(())
 }
 
@@ -142,7 +143,7 @@ fn estimate_seconds(exp: &Experiment, stage: Stage) -> Option<(f64, String)> {
         Stage::Distill => (train_rows * (1 + exp.augment.n_iter) as f64, exp.distill.as_ref()?.epochs, CostedModel::Student),
     };
     let mut seconds = rows_per_epoch * epochs as f64 / latest.train_sentences_per_s * relative(model);
-    if stage == Stage::Distill {
+    if stage == Stage::Distill && !logits_cached(exp) {
         if let Some(rate) = last_teacher_pass_rate(&out_dir, &latest.task) {
             seconds += rows_per_epoch / rate * relative(CostedModel::Teacher);
         }
@@ -202,6 +203,21 @@ fn training_rows(exp: &Experiment) -> Option<usize> {
 fn training_split(exp: &Experiment) -> Option<Dataset> {
     let task = Task::new(exp.task, exp.data.columns.as_ref());
     crate::train::load_splits(exp, &task).ok().map(|(train, _)| train)
+}
+
+/// Whether the distill stage of `exp` finds its teacher's logits cached (three seeds over one
+/// transfer set pay for the pass once); looked up once per teacher, data and `[augment]`.
+fn logits_cached(exp: &Experiment) -> bool {
+    static SEEN: Mutex<Vec<(String, bool)>> = Mutex::new(Vec::new());
+    let key = format!("{} {:?} {:?} {:?} {} {:?} {}", exp.out_dir, exp.task, exp.data, exp.augment, exp.augment_seed(), exp.distill, stage_key(exp, Stage::Teacher));
+    if let Some((_, cached)) = SEEN.lock().ok().and_then(|seen| seen.iter().find(|(k, _)| *k == key).cloned()) {
+        return cached;
+    }
+    let cached = crate::train::distill::teacher_logits_cached(exp).unwrap_or(false);
+    if let Ok(mut seen) = SEEN.lock() {
+        seen.push((key, cached));
+    }
+    cached
 }
 
 /// `teacher_pass_rows_per_s` of the newest finished distill stage of `task`.

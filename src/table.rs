@@ -18,6 +18,10 @@ use crate::train::stage_key::{find_finished, stage_key};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableSpec {
+    /// Where table.md and table.csv go (`--out` overrides; default `runs`), so a second table
+    /// file does not write over the paper's table.
+    #[serde(default)]
+    pub out: Option<std::path::PathBuf>,
     pub column: Vec<ColumnSpec>,
 }
 
@@ -191,6 +195,11 @@ pub struct Cell {
 }
 
 impl TableSpec {
+    /// The table's output dir: `--out` if given, else the file's `out`, else `runs`.
+    pub fn out_dir(&self, given: Option<std::path::PathBuf>) -> std::path::PathBuf {
+        given.or_else(|| self.out.clone()).unwrap_or_else(|| "runs".into())
+    }
+
     pub fn load(path: &Path) -> Result<TableSpec> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the table file", path.display()))?;
         Self::parse(&text, &path.display().to_string())
@@ -429,6 +438,15 @@ mod tests {
             }
         }
         assert!(checked >= 12, "{checked}");
+    }
+
+    #[test]
+    fn a_second_table_file_writes_beside_the_papers() {
+        let paper = TableSpec::load(Path::new("experiments/paper.toml")).unwrap();
+        let vectors = TableSpec::load(Path::new("experiments/vectors.toml")).unwrap();
+        assert_eq!(paper.out_dir(None), Path::new("runs"));
+        assert_eq!(vectors.out_dir(None), Path::new("runs/vectors"));
+        assert_eq!(vectors.out_dir(Some("elsewhere".into())), Path::new("elsewhere"));
     }
 
     #[test]

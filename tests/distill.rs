@@ -94,12 +94,15 @@ dropout = 0.1
         model = model_dir.display()
     );
     let exp = distill::config::Experiment::parse(&toml, "slice.toml", &[]).unwrap();
+    let cached = || distill::train::distill::teacher_logits_cached(&exp);
+    assert_eq!(cached(), Some(false), "nothing cached yet");
     let before = TEACHER_INFERENCE_ROWS.load(Ordering::SeqCst);
     let first = distill::train::run_experiment(exp.clone()).unwrap();
     let computed = TEACHER_INFERENCE_ROWS.load(Ordering::SeqCst) - before;
     assert!(computed > 48 && computed <= 48 * 3, "transfer rows through the teacher: {computed}");
     let cache: Vec<_> = std::fs::read_dir(out.path().join("cache")).unwrap().collect();
     assert_eq!(cache.len(), 1);
+    assert_eq!(cached(), Some(true), "`distill reproduce` sees the cache the stage wrote");
 
     let mut again = exp.clone();
     again.name = "distill-slice-again".into();

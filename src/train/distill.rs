@@ -2,6 +2,7 @@
 //! a transfer set, get the teacher's logits for it (once; cached by content hash), and train
 //! the student on them with the loss `[distill]` names.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -14,10 +15,10 @@ use super::teacher::teacher_dir;
 use super::RunContext;
 use crate::augment::{join_words, Augmenter, TransferExample};
 use crate::backend::{StudentBackend, TeacherBackend};
-use crate::config::{expand_path, DeviceName, Experiment};
+use crate::config::{expand_path, DeviceName, DistillConfig, Experiment};
 use crate::data::{Example, Language, Task};
 use crate::encode::{EncodedSet, TeacherSet};
-use crate::inference::{cached_teacher_logits, evaluate_student, evaluate_teacher};
+use crate::inference::{cached_teacher_logits, evaluate_student, evaluate_teacher, logits_cache_key, logits_cache_path};
 use crate::loss::{LossSpec, Targets};
 use crate::models::bert::BertForSequenceClassification;
 use crate::report::ResultRow;
@@ -29,10 +30,7 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
     let cfg = exp.distill.as_ref().context("the distill stage needs a [distill] table")?;
     let student_cfg = exp.student.as_ref().context("the distill stage needs a [student] table")?;
 
-    let teacher_path = match &cfg.teacher {
-        Some(path) => expand_path(path),
-        None => teacher_dir(exp),
-    };
+    let teacher_path = distill_teacher_dir(exp, cfg);
     if !teacher_path.join("model.safetensors").is_file() {
         anyhow::bail!(
             "{}: no fine-tuned teacher there (distill.teacher); run the \"teacher\" stage first or point distill.teacher at a teacher dir",
@@ -47,19 +45,7 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
     let transfer = transfer_set(exp, &setup.train.examples, language)?;
     eprintln!("{} in {:.1} s", transfer_summary(exp, &transfer), t0.elapsed().as_secs_f64());
 
-    // The teacher reads the augmenter's mask word in its own vocab's spelling (a SentencePiece
-    // teacher has `<unk>` where the config says "[UNK]").
-    let mask = &exp.augment.mask_token;
-    let teacher_mask = BertTokenizer::load(&teacher_path, teacher_max_len)?.special_spelling(mask);
-    let teacher_text = |words: &[String]| -> String {
-        if teacher_mask == *mask {
-            return join_words(words, language);
-        }
-        let mapped: Vec<String> = words.iter().map(|w| if w == mask { teacher_mask.clone() } else { w.clone() }).collect();
-        join_words(&mapped, language)
-    };
-    let texts: Vec<(String, Option<String>)> =
-        transfer.iter().map(|r| (teacher_text(&r.a), r.b.as_deref().map(teacher_text))).collect();
+    let texts = teacher_texts(&transfer, &teacher_path, teacher_max_len, &exp.augment.mask_token, language)?;
     let cache_dir = expand_path(&exp.out_dir).join("cache");
     let teacher_pass = cached_teacher_logits(
         &teacher_path,
@@ -122,6 +108,44 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
 
 /// The transfer set the distill stage trains on: the training examples and their augmented
 /// copies, drawn with `augment.seed` (else `seed`).
+/// The transfer set's rows as the teacher reads them: the augmenter's `mask` word in the
+/// teacher vocab's own spelling (a SentencePiece teacher has `<unk>` where the config says
+/// "[UNK]").
+pub fn teacher_texts(transfer: &[TransferExample], teacher_dir: &Path, max_len: usize, mask: &str, language: Language) -> Result<Vec<(String, Option<String>)>> {
+    let teacher_mask = BertTokenizer::load(teacher_dir, max_len)?.special_spelling(mask);
+    let teacher_text = |words: &[String]| -> String {
+        if teacher_mask == mask {
+            return join_words(words, language);
+        }
+        let mapped: Vec<String> = words.iter().map(|w| if w == mask { teacher_mask.clone() } else { w.clone() }).collect();
+        join_words(&mapped, language)
+    };
+    Ok(transfer.iter().map(|r| (teacher_text(&r.a), r.b.as_deref().map(teacher_text))).collect())
+}
+
+/// The fine-tuned teacher the distill stage reads: `distill.teacher`, else the teacher stage's dir.
+fn distill_teacher_dir(exp: &Experiment, cfg: &DistillConfig) -> PathBuf {
+    match &cfg.teacher {
+        Some(path) => expand_path(path),
+        None => teacher_dir(exp),
+    }
+}
+
+/// Whether the teacher's logits over `exp`'s transfer set are cached already (the transfer
+/// set is made again to know the key: seconds); `None` when the teacher is not trained yet
+/// or the data cannot be read.
+pub fn teacher_logits_cached(exp: &Experiment) -> Option<bool> {
+    let cfg = exp.distill.as_ref()?;
+    let teacher = distill_teacher_dir(exp, cfg);
+    let max_len = exp.teacher.as_ref().map_or(128, |t| t.max_seq_len);
+    let task = Task::new(exp.task, exp.data.columns.as_ref());
+    let (train, _) = super::load_splits(exp, &task).ok()?;
+    let transfer = transfer_set(exp, &train.examples, task.language).ok()?;
+    let texts = teacher_texts(&transfer, &teacher, max_len, &exp.augment.mask_token, task.language).ok()?;
+    let key = logits_cache_key(&teacher, max_len, &texts, cfg.teacher_precision).ok()?;
+    Some(logits_cache_path(&expand_path(&exp.out_dir).join("cache"), &key).is_file())
+}
+
 pub fn transfer_set(exp: &Experiment, train: &[Example], language: Language) -> Result<Vec<TransferExample>> {
     let lexicon = exp.augment.pos_lexicon.as_deref().map(expand_path);
     let augmenter = Augmenter::new(&exp.augment, language, lexicon.as_deref(), train)?;
