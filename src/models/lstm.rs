@@ -80,6 +80,15 @@ impl Packing {
     }
 
     /// Packs per-row sequences (`seqs[b][t]`) into the packed token order.
+    /// Rows of step `t` that carry a state from the step before them in this direction (a
+    /// prefix of the step's rows); the others start from zero, so no recurrent product is
+    /// needed for them, nor a gradient into their (constant) initial state. Forward: all rows
+    /// but at the first step; reverse: the rows that were active one step later.
+    pub fn carried(&self, t: usize, reverse: bool) -> usize {
+        let before = if reverse { self.active.get(t + 1).copied().unwrap_or(0) } else if t == 0 { 0 } else { self.active[t - 1] };
+        before.min(self.active[t])
+    }
+
     pub fn pack<X: Copy>(&self, seqs: &[&[X]]) -> Vec<X> {
         let mut out = Vec::with_capacity(self.total);
         for (t, &n) in self.active.iter().enumerate() {
@@ -172,7 +181,10 @@ fn direction_forward(
         let (start, n) = (packing.offsets[t], packing.active[t]);
         let state = start * hidden..(start + n) * hidden;
         let g = input.step(start, n, g4);
-        w_hh_t.matmul_acc(g, &h[..n * hidden], n);
+        let carried = packing.carried(t, reverse);
+        if carried > 0 {
+            w_hh_t.matmul_acc(&mut g[..carried * g4], &h[..carried * hidden], carried);
+        }
         if let Some(tr) = trace.as_mut() {
             tr.prev_hidden[state.clone()].copy_from_slice(&h[..n * hidden]);
             tr.prev_cells[state.clone()].copy_from_slice(&c[..n * hidden]);
@@ -249,12 +261,15 @@ fn direction_backward(
             &trace.prev_cells[state],
             &dh[..n * hidden],
             &mut dc[..n * hidden],
-            &mut d_gates[gates.clone()],
+            &mut d_gates[gates],
             hidden,
         );
         // The previous hidden state feeds only this step's gates.
         dh[..n * hidden].fill(0.0);
-        w_hh.matmul_acc(&mut dh[..n * hidden], &d_gates[gates], n);
+        let carried = packing.carried(t, reverse);
+        if carried > 0 {
+            w_hh.matmul_acc(&mut dh[..carried * hidden], &d_gates[start * g4..(start + carried) * g4], carried);
+        }
     }
     let dg_t = MatRef::new(&d_gates, total, g4).t();
     let mut weight_hh = vec![0f32; g4 * hidden];
@@ -414,4 +429,77 @@ pub fn bilstm_final_states_cached(
         || direction_forward(GateInput::Table { table: bwd_table, ids, buffer: Vec::new() }, packing, bwd_recurrent, hidden, true, false),
     );
     unpack_final_states(packing, &h_fwd, &h_bwd, hidden)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn carried_rows_are_those_active_one_step_earlier_in_the_direction() {
+        // Lengths 4, 2, 3: active rows per step 3, 3, 2, 1.
+        let packing = Packing::new(&[4, 2, 3]);
+        assert_eq!(packing.active, vec![3, 3, 2, 1]);
+        let forward: Vec<usize> = (0..4).map(|t| packing.carried(t, false)).collect();
+        let reverse: Vec<usize> = (0..4).map(|t| packing.carried(t, true)).collect();
+        assert_eq!(forward, vec![0, 3, 2, 1]);
+        assert_eq!(reverse, vec![3, 2, 1, 0]);
+    }
+
+    /// One direction of an LSTM over one sequence, written out as in PyTorch's docs.
+    fn plain_lstm(x: &[Vec<f32>], w: &LstmDirection) -> Vec<f32> {
+        let (hidden, input) = (w.hidden_size(), w.input_size());
+        let (w_ih, w_hh) = (w.weight_ih.as_vec(), w.weight_hh.as_vec());
+        let bias: Vec<f32> = w.bias_ih.as_vec().iter().zip(w.bias_hh.as_vec()).map(|(a, b)| a + b).collect();
+        let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
+        let (mut h, mut c) = (vec![0f32; hidden], vec![0f32; hidden]);
+        for token in x {
+            let gate = |g: usize, j: usize| {
+                let row = g * hidden + j;
+                bias[row] + (0..input).map(|e| w_ih[row * input + e] * token[e]).sum::<f32>() + (0..hidden).map(|k| w_hh[row * hidden + k] * h[k]).sum::<f32>()
+            };
+            let mut next_h = vec![0f32; hidden];
+            for j in 0..hidden {
+                let (i, f, g, o) = (sigmoid(gate(0, j)), sigmoid(gate(1, j)), gate(2, j).tanh(), sigmoid(gate(3, j)));
+                c[j] = f * c[j] + i * g;
+                next_h[j] = o * c[j].tanh();
+            }
+            h = next_h;
+        }
+        h
+    }
+
+    /// Rows of different lengths in one packed batch give each sequence's own LSTM states,
+    /// both directions (the reverse one starts each row at its own last token, from zero).
+    #[test]
+    fn packed_final_states_equal_a_plain_lstm_per_sequence() {
+        let (input, hidden) = (5, 7);
+        let mut rng = StdRng::seed_from_u64(3);
+        let dev = Cpu::default();
+        let mut random = |rows: usize, cols: usize| -> Vec<f32> { (0..rows * cols).map(|_| rng.gen_range(-0.5..0.5)).collect() };
+        let mut direction = || LstmDirection {
+            weight_ih: dev.tensor_from_vec(random(4 * hidden, input), (4 * hidden, input)),
+            weight_hh: dev.tensor_from_vec(random(4 * hidden, hidden), (4 * hidden, hidden)),
+            bias_ih: dev.tensor_from_vec(random(4 * hidden, 1), (4 * hidden,)),
+            bias_hh: dev.tensor_from_vec(random(4 * hidden, 1), (4 * hidden,)),
+        };
+        let (forward, backward) = (direction(), direction());
+        let lengths = [3usize, 6, 1, 4, 6, 2];
+        let seqs: Vec<Vec<Vec<f32>>> = lengths.iter().map(|&len| (0..len).map(|_| random(1, input)).collect()).collect();
+        let packing = Packing::new(&lengths);
+        let positions: Vec<Vec<(usize, usize)>> = lengths.iter().enumerate().map(|(b, &len)| (0..len).map(|t| (b, t)).collect()).collect();
+        let refs: Vec<&[(usize, usize)]> = positions.iter().map(|p| p.as_slice()).collect();
+        let x: Vec<f32> = packing.pack(&refs).into_iter().flat_map(|(b, t)| seqs[b][t].clone()).collect();
+        let x = dev.tensor_from_vec(x, (packing.total, input));
+        let states = bilstm_final_states(x, &packing, &forward, &backward).as_vec();
+        for (b, seq) in seqs.iter().enumerate() {
+            let reversed: Vec<Vec<f32>> = seq.iter().rev().cloned().collect();
+            let expected = [plain_lstm(seq, &forward), plain_lstm(&reversed, &backward)].concat();
+            for (j, (got, want)) in states[b * 2 * hidden..(b + 1) * 2 * hidden].iter().zip(&expected).enumerate() {
+                assert!((got - want).abs() < 1e-5, "row {b} (length {}), state {j}: {got} vs {want}", seq.len());
+            }
+        }
+    }
 }
