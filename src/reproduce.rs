@@ -63,11 +63,12 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
                     None => {
                         let (stages, command) = column.command(kind, &exp);
                         println!("  {:<18} missing: {command}", kind.title());
+                        let as_run = Experiment { stages: stages.clone(), ..exp.clone() };
                         for stage in stages {
                             // A finished stage is reused by each cell; one two cells share (a column's teacher) runs once.
                             let line = match find_finished(&exp, stage) {
                                 Some(found) => format!("{}: reuse {}", stage.name(), found.dir.display()),
-                                None if planned.insert(stage_key(&exp, stage)) => estimate_line(&exp, stage),
+                                None if planned.insert(stage_key(&exp, stage)) => estimate_line(&as_run, stage),
                                 None => format!("{}: runs once, listed above", stage.name()),
                             };
                             println!("  {:<18}   {line}", "");
@@ -96,22 +97,31 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     Ok(())
 }
 
-/// "stage: train, about N min (from the last measured rate)".
+/// "stage: train, about N min (from the measured rate)", less what an interrupted run of
+/// `exp` (the experiment as `reproduce` runs it) already trained.
 fn estimate_line(exp: &Experiment, stage: Stage) -> String {
+    let (verb, left) = match crate::train::interrupted_at(exp, stage) {
+        Some(at) if at.steps_per_epoch * at.epochs > 0 => {
+            let total = at.steps_per_epoch * at.epochs;
+            (format!("resume after step {} of {total}", at.step), 1.0 - at.step as f64 / total as f64)
+        }
+        _ => ("train".to_string(), 1.0),
+    };
     match estimate_seconds(exp, stage) {
         Some((seconds, task)) => format!(
-            "{}: train, about {:.0} min (from the last measured throughput of this stage, on {task}{})",
+            "{}: {verb}, about {:.0} min (from the median throughput of this stage's last runs, on {task}{})",
             stage.name(),
-            (seconds / 60.0).ceil(),
+            (seconds * left / 60.0).ceil(),
             if task == exp.task.name() { "" } else { ", scaled to this task's lengths and model sizes" }
         ),
-        None => format!("{}: train (no measured throughput of this stage yet)", stage.name()),
+        None => format!("{}: {verb} (no measured throughput of this stage yet)", stage.name()),
     }
 }
 
-/// Training time of `stage` from the latest `results.csv` row of the same stage (its
-/// sentences/s), on the same task where there is one, else on any; the distill stage adds
-/// its teacher pass at the last measured rows/s. The transfer set is taken as
+/// Training time of `stage` from the `results.csv` rows of the same stage (their median
+/// sentences/s over its last five runs), on the same task where there is one, else on any;
+/// the distill stage adds its teacher pass at the last measured rows/s unless the logits are
+/// cached. The transfer set is taken as
 /// (1 + n_iter) × the training set, an upper bound. A rate measured on another task is scaled
 /// by [`row_cost`] of the two experiments (SST-2's 13-piece sentences on a 6-layer teacher say
 /// little about 68-piece reviews on a 12-layer one). Returns the seconds and the task measured.
@@ -119,12 +129,17 @@ fn estimate_seconds(exp: &Experiment, stage: Stage) -> Option<(f64, String)> {
     let out_dir = expand_path(&exp.out_dir);
     let rows: Vec<ResultRow> = read_results(&out_dir.join("results.csv")).ok()?;
     let task = exp.task.name();
+    // The median rate of the stage's last five runs: one run slowed by a busy machine (or
+    // paused) does not set the estimate.
     let measured = |same_task: bool| {
-        rows.iter()
-            .filter(|r| r.stage == stage.name() && r.train_sentences_per_s > 0.0 && (!same_task || r.task == task))
-            .max_by_key(|r| r.finished_at_unix)
+        let mut recent: Vec<&ResultRow> =
+            rows.iter().filter(|r| r.stage == stage.name() && r.train_sentences_per_s > 0.0 && (!same_task || r.task == task)).collect();
+        recent.sort_by_key(|r| std::cmp::Reverse(r.finished_at_unix));
+        recent.truncate(5);
+        recent.sort_by(|a, b| a.train_sentences_per_s.total_cmp(&b.train_sentences_per_s));
+        recent.get(recent.len() / 2).copied()
     };
-    let latest = measured(true).or_else(|| measured(false))?;
+    let latest = measured(true).or_else(|| measured(false))?; // the run with the median rate
     // How much dearer a row of `exp` is than a row of the measured run (1 on the same task).
     let relative = |model: CostedModel| -> f64 {
         if latest.task == task {

@@ -7,8 +7,9 @@ mod common;
 
 use std::path::Path;
 
-use distill::config::Experiment;
+use distill::config::{Experiment, Stage};
 use distill::report::{read_results, ResultRow};
+use distill::train::interrupted_at;
 
 fn experiment(model: &Path, out: &Path) -> Experiment {
     Experiment::parse(&common::small_experiment(model, out), "resume.toml", &[]).unwrap()
@@ -39,6 +40,10 @@ fn stages_interrupted_after_every_evaluation_end_with_the_uninterrupted_metrics(
             Ok(rows) => break rows,
             Err(e) => {
                 assert!(e.to_string().contains("stops here"), "{e:#}");
+                // `distill reproduce` finds the checkpoint where the stopped stage left it.
+                let exp = experiment(&model, resumed_dir.path());
+                let at: Vec<usize> = [Stage::Teacher, Stage::Student, Stage::Distill].into_iter().filter_map(|s| interrupted_at(&exp, s)).map(|s| s.step).collect();
+                assert!(at.len() == 1 && at[0] > 0, "one stage stopped inside: {at:?}");
                 interruptions += 1;
                 assert!(interruptions < 40, "no progress");
             }

@@ -20,6 +20,22 @@ use crate::metrics::Metrics;
 use crate::report::{append_result, git_commit, unix_now, ResultRow};
 use stage_key::{find_finished, stage_key, FinishedStage};
 
+/// `OUT_DIR/NAME-HASH/`: where a run of `experiment` (this very config) writes.
+pub fn run_dir(experiment: &Experiment) -> PathBuf {
+    expand_path(&experiment.out_dir).join(format!("{}-{}", experiment.name, experiment.config_hash()))
+}
+
+/// The loop counters a run of `experiment` left in `stage`'s resume checkpoint, if it was
+/// stopped inside that stage (a rerun continues from there).
+pub fn interrupted_at(experiment: &Experiment, stage: Stage) -> Option<resume::LoopState> {
+    let stage_dir = match stage {
+        Stage::Teacher => teacher::teacher_dir(experiment),
+        _ => run_dir(experiment).join(stage.name()),
+    };
+    let bytes = std::fs::read(resume::checkpoint_dir(&stage_dir).join("loop.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// A run's folder and identity.
 pub struct RunContext {
     pub experiment: Experiment,
@@ -33,7 +49,7 @@ impl RunContext {
     pub fn create(experiment: Experiment) -> Result<RunContext> {
         let config_hash = experiment.config_hash();
         let out_dir = expand_path(&experiment.out_dir);
-        let run_dir = out_dir.join(format!("{}-{}", experiment.name, config_hash));
+        let run_dir = run_dir(&experiment);
         std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
         write_atomic(&run_dir.join("config.toml"), experiment.to_toml().as_bytes())?;
         Ok(RunContext { experiment, config_hash, results_csv: out_dir.join("results.csv"), run_dir })
