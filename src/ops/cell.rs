@@ -21,9 +21,13 @@ pub fn tanh(x: f32) -> f32 {
 const LANES: usize = 16;
 type Block = [f32; LANES];
 
-/// Copies `src` (at most LANES values) into a zero-padded block.
+/// Copies `src` (at most LANES values) into a zero-padded block. A full block is a
+/// fixed-size copy (register moves); only the row's last, partial one calls `memcpy`.
 #[inline(always)]
 fn load(src: &[f32]) -> Block {
+    if let Ok(full) = <&Block>::try_from(src) {
+        return *full;
+    }
     let mut b = [0f32; LANES];
     b[..src.len()].copy_from_slice(src);
     b
@@ -31,6 +35,10 @@ fn load(src: &[f32]) -> Block {
 
 #[inline(always)]
 fn store(dst: &mut [f32], b: &Block) {
+    if let Ok(full) = <&mut Block>::try_from(&mut *dst) {
+        *full = *b;
+        return;
+    }
     let n = dst.len();
     dst.copy_from_slice(&b[..n]);
 }
