@@ -79,7 +79,6 @@ impl Packing {
         self.active.len()
     }
 
-    /// Packs per-row sequences (`seqs[b][t]`) into the packed token order.
     /// Rows of step `t` that carry a state from the step before them in this direction (a
     /// prefix of the step's rows); the others start from zero, so no recurrent product is
     /// needed for them, nor a gradient into their (constant) initial state. Forward: all rows
@@ -89,6 +88,7 @@ impl Packing {
         before.min(self.active[t])
     }
 
+    /// Packs per-row sequences (`seqs[b][t]`) into the packed token order.
     pub fn pack<X: Copy>(&self, seqs: &[&[X]]) -> Vec<X> {
         let mut out = Vec::with_capacity(self.total);
         for (t, &n) in self.active.iter().enumerate() {

@@ -106,8 +106,6 @@ pub fn train_distilled(ctx: &RunContext) -> Result<ResultRow> {
     Ok(row)
 }
 
-/// The transfer set the distill stage trains on: the training examples and their augmented
-/// copies, drawn with `augment.seed` (else `seed`).
 /// The transfer set's rows as the teacher reads them: the augmenter's `mask` word in the
 /// teacher vocab's own spelling (a SentencePiece teacher has `<unk>` where the config says
 /// "[UNK]").
@@ -146,6 +144,8 @@ pub fn teacher_logits_cached(exp: &Experiment) -> Option<bool> {
     Some(logits_cache_path(&expand_path(&exp.out_dir).join("cache"), &key).is_file())
 }
 
+/// The transfer set the distill stage trains on: the training examples and their augmented
+/// copies, drawn with `augment.seed` (else `seed`).
 pub fn transfer_set(exp: &Experiment, train: &[Example], language: Language) -> Result<Vec<TransferExample>> {
     let lexicon = exp.augment.pos_lexicon.as_deref().map(expand_path);
     let augmenter = Augmenter::new(&exp.augment, language, lexicon.as_deref(), train)?;
