@@ -200,15 +200,24 @@ fn row_cost(exp: &Experiment, model: CostedModel) -> Option<f64> {
 /// The training rows' lengths in the teacher's pieces, tokenized once per data and tokenizer
 /// (a listing asks for them once per missing stage and for the run measured).
 fn piece_lengths(exp: &Experiment, teacher_dir: &Path, max_len: usize) -> Option<Vec<usize>> {
-    static SEEN: Mutex<Vec<(String, Vec<usize>)>> = Mutex::new(Vec::new());
+    static SEEN: Mutex<Vec<(String, Option<Vec<usize>>)>> = Mutex::new(Vec::new());
     let key = format!("{:?} {:?} {} {max_len}", exp.task, exp.data, teacher_dir.display());
-    if let Some((_, lengths)) = SEEN.lock().ok()?.iter().find(|(k, _)| *k == key) {
-        return Some(lengths.clone());
+    remembered(&SEEN, key, || {
+        let tokenizer = BertTokenizer::load(teacher_dir, max_len).ok()?;
+        Some(TeacherSet::new(&training_split(exp)?, &tokenizer).ok()?.rows.iter().map(|(ids, _)| ids.len()).collect())
+    })
+}
+
+/// `make()`, computed once per `key` in this process (a listing asks the same of every seed).
+fn remembered<T: Clone>(seen: &Mutex<Vec<(String, T)>>, key: String, make: impl FnOnce() -> T) -> T {
+    if let Some((_, value)) = seen.lock().ok().and_then(|seen| seen.iter().find(|(k, _)| *k == key).cloned()) {
+        return value;
     }
-    let tokenizer = BertTokenizer::load(teacher_dir, max_len).ok()?;
-    let lengths: Vec<usize> = TeacherSet::new(&training_split(exp)?, &tokenizer).ok()?.rows.iter().map(|(ids, _)| ids.len()).collect();
-    SEEN.lock().ok()?.push((key, lengths.clone()));
-    Some(lengths)
+    let value = make();
+    if let Ok(mut seen) = seen.lock() {
+        seen.push((key, value.clone()));
+    }
+    value
 }
 
 fn training_rows(exp: &Experiment) -> Option<usize> {
@@ -225,14 +234,7 @@ fn training_split(exp: &Experiment) -> Option<Dataset> {
 fn logits_cached(exp: &Experiment) -> bool {
     static SEEN: Mutex<Vec<(String, bool)>> = Mutex::new(Vec::new());
     let key = format!("{} {:?} {:?} {:?} {} {:?} {}", exp.out_dir, exp.task, exp.data, exp.augment, exp.augment_seed(), exp.distill, stage_key(exp, Stage::Teacher));
-    if let Some((_, cached)) = SEEN.lock().ok().and_then(|seen| seen.iter().find(|(k, _)| *k == key).cloned()) {
-        return cached;
-    }
-    let cached = crate::train::distill::teacher_logits_cached(exp).unwrap_or(false);
-    if let Ok(mut seen) = SEEN.lock() {
-        seen.push((key, cached));
-    }
-    cached
+    remembered(&SEEN, key, || crate::train::distill::teacher_logits_cached(exp).unwrap_or(false))
 }
 
 /// `teacher_pass_rows_per_s` of the newest finished distill stage of `task`.
