@@ -245,6 +245,7 @@ fn resumable_pass(teacher: &TeacherBackend, rows: &[(Vec<u32>, Vec<u32>)], pad_i
         let file = partial.join(format!("{index:06}.f32"));
         let values = match std::fs::read(&file) {
             Ok(bytes) if bytes.len() == segment.len() * classes * 4 => {
+                bar.skip(segment.len() as u64);
                 f32_values(&bytes)
             }
             _ => {

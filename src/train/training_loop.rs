@@ -115,7 +115,7 @@ pub fn run_training_loop(
     let stop_after: Option<usize> = std::env::var(STOP_AFTER_EVALUATIONS).ok().and_then(|v| v.parse().ok());
     let mut evaluations = 0usize;
     let bar = progress_bar(total_steps as u64, stage);
-    bar.inc(state.step as u64);
+    bar.skip(state.step as u64);
     let start = Instant::now();
     let elapsed_before = state.elapsed_s;
     let mut last_checkpoint = Instant::now();
