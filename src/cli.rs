@@ -10,7 +10,7 @@ use crate::sweep::{Shard, Sweep};
 use crate::table::TableSpec;
 
 #[derive(Parser, Debug)]
-#[command(name = "distill", version, about = "Distil a BERT teacher into a small Bi-LSTM student")]
+#[command(name = "distill", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DISTILL_BUILD_COMMIT"), ")"), about = "Distil a BERT teacher into a small Bi-LSTM student")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

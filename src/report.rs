@@ -192,27 +192,10 @@ fn read_results_bytes(bytes: &[u8], path: &Path) -> Result<Vec<ResultRow>> {
     Ok(rows)
 }
 
-/// The commit the binary runs from (`unknown` outside a git checkout; `-dirty` with local changes).
-pub fn git_commit() -> String {
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "--short=12", "HEAD"]) {
-        Some(commit) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{commit}-dirty")
-            } else {
-                commit
-            }
-        }
-        None => "unknown".into(),
-    }
+/// The commit this binary was built from (`-dirty` when its sources had uncommitted changes,
+/// `unknown` when built outside a git checkout), stamped by `build.rs`.
+pub fn build_commit() -> &'static str {
+    env!("DISTILL_BUILD_COMMIT")
 }
 
 pub fn unix_now() -> u64 {

@@ -108,44 +108,39 @@ fn estimate_line(exp: &Experiment, stage: Stage) -> String {
         _ => ("train".to_string(), 1.0),
     };
     match estimate_seconds(exp, stage) {
-        Some((seconds, task)) => format!(
+        Some((seconds, task, scaled)) => format!(
             "{}: {verb}, about {:.0} min (from the median throughput of this stage's last runs, on {task}{})",
             stage.name(),
             (seconds * left / 60.0).ceil(),
-            if task == exp.task.name() { "" } else { ", scaled to this task's lengths and model sizes" }
+            if scaled { ", scaled to this experiment's lengths and model sizes" } else { "" }
         ),
         None => format!("{}: {verb} (no measured throughput of this stage yet)", stage.name()),
     }
 }
 
-/// Training time of `stage` from the `results.csv` rows of the same stage (their median
-/// sentences/s over its last five runs), on the same task where there is one, else on any;
-/// the distill stage adds its teacher pass at the last measured rows/s unless the logits are
-/// cached. The transfer set is taken as
-/// (1 + n_iter) × the training set, an upper bound. A rate measured on another task is scaled
-/// by [`row_cost`] of the two experiments (SST-2's 13-piece sentences on a 6-layer teacher say
-/// little about 68-piece reviews on a 12-layer one). Returns the seconds and the task measured.
-fn estimate_seconds(exp: &Experiment, stage: Stage) -> Option<(f64, String)> {
+/// Training time of `stage` from the `results.csv` rows of the same stage (the median of what
+/// its last five runs' sentences/s say), on the same task where there is one, else on any; the
+/// distill stage adds its teacher pass at the last measured rows/s unless the logits are
+/// cached. The transfer set is taken as (1 + n_iter) × the training set, an upper bound. A rate
+/// measured on another task or another model size is scaled by [`row_cost`] of the two
+/// experiments (SST-2's 13-piece sentences on a 6-layer teacher say little about 68-piece
+/// reviews on a 12-layer one; a 300-wide student costs nearly twice a 50-wide one). Returns the
+/// seconds, the task measured and whether the rate was scaled.
+fn estimate_seconds(exp: &Experiment, stage: Stage) -> Option<(f64, String, bool)> {
     let out_dir = expand_path(&exp.out_dir);
     let rows: Vec<ResultRow> = read_results(&out_dir.join("results.csv")).ok()?;
     let task = exp.task.name();
-    // The median rate of the stage's last five runs: one run slowed by a busy machine (or
-    // paused) does not set the estimate.
-    let measured = |same_task: bool| {
+    let recent = |same_task: bool| {
         let mut recent: Vec<&ResultRow> =
             rows.iter().filter(|r| r.stage == stage.name() && r.train_sentences_per_s > 0.0 && (!same_task || r.task == task)).collect();
         recent.sort_by_key(|r| std::cmp::Reverse(r.finished_at_unix));
         recent.truncate(5);
-        recent.sort_by(|a, b| a.train_sentences_per_s.total_cmp(&b.train_sentences_per_s));
-        recent.get(recent.len() / 2).copied()
+        recent
     };
-    let latest = measured(true).or_else(|| measured(false))?; // the run with the median rate
-    // How much dearer a row of `exp` is than a row of the measured run (1 on the same task).
-    let relative = |model: CostedModel| -> f64 {
-        if latest.task == task {
-            return 1.0;
-        }
-        let measured_exp = Experiment::load(&PathBuf::from(&latest.run_dir).join("config.toml"), &[]).ok();
+    let runs = Some(recent(true)).filter(|r| !r.is_empty()).unwrap_or_else(|| recent(false));
+    // How much dearer a row of `exp` is than a row of a measured run.
+    let relative = |measured: &ResultRow, model: CostedModel| -> f64 {
+        let measured_exp = Experiment::load(&PathBuf::from(&measured.run_dir).join("config.toml"), &[]).ok();
         match (row_cost(exp, model), measured_exp.and_then(|m| row_cost(&m, model))) {
             (Some(ours), Some(theirs)) if theirs > 0.0 => ours / theirs,
             _ => 1.0,
@@ -157,13 +152,22 @@ fn estimate_seconds(exp: &Experiment, stage: Stage) -> Option<(f64, String)> {
         Stage::Student => (train_rows, exp.student.as_ref()?.epochs, CostedModel::Student),
         Stage::Distill => (train_rows * (1 + exp.augment.n_iter) as f64, exp.distill.as_ref()?.epochs, CostedModel::Student),
     };
-    let mut seconds = rows_per_epoch * epochs as f64 / latest.train_sentences_per_s * relative(model);
+    // The median estimate: one run slowed by a busy machine (or paused) does not set it.
+    let mut estimates: Vec<(f64, f64, &ResultRow)> = runs
+        .into_iter()
+        .map(|run| {
+            let scale = relative(run, model);
+            (rows_per_epoch * epochs as f64 / run.train_sentences_per_s * scale, scale, run)
+        })
+        .collect();
+    estimates.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut seconds, scale, measured) = *estimates.get(estimates.len() / 2)?;
     if stage == Stage::Distill && !logits_cached(exp) {
-        if let Some(rate) = last_teacher_pass_rate(&out_dir, &latest.task) {
-            seconds += rows_per_epoch / rate * relative(CostedModel::Teacher);
+        if let Some(rate) = last_teacher_pass_rate(&out_dir, &measured.task) {
+            seconds += rows_per_epoch / rate * relative(measured, CostedModel::Teacher);
         }
     }
-    Some((seconds, latest.task.clone()))
+    Some((seconds, measured.task.clone(), (scale - 1.0).abs() > 1e-9))
 }
 
 #[derive(Clone, Copy)]
@@ -288,6 +292,47 @@ epochs = 1
             model = model.display()
         );
         Some(Experiment::parse(&text, "cost.toml", &[]).unwrap())
+    }
+
+    /// A student rate measured at 50d says how long a 300d student takes only once scaled by
+    /// the two students' multiply-adds a token; a run of the same shape is taken as it is.
+    #[test]
+    fn the_estimate_scales_a_rate_measured_on_another_model_size() {
+        let Some(narrow) = experiment("sst2", "SST-2", 128, 64) else {
+            return;
+        };
+        let out = tempfile::tempdir().unwrap();
+        let narrow = Experiment { out_dir: out.path().display().to_string(), ..narrow };
+        let mut wide = narrow.clone();
+        wide.student.as_mut().unwrap().embedding_dim = 300;
+        let run_dir = out.path().join("measured");
+        std::fs::create_dir(&run_dir).unwrap();
+        std::fs::write(run_dir.join("config.toml"), narrow.to_toml()).unwrap();
+        let row = ResultRow {
+            experiment: "cost".into(),
+            task: "sst2".into(),
+            stage: "student".into(),
+            params: 1,
+            dev_accuracy: 0.5,
+            dev_precision: 0.5,
+            dev_recall: 0.5,
+            dev_f1: 0.5,
+            best_epoch: 1,
+            train_time_s: 1.0,
+            train_sentences_per_s: 20.0,
+            eval_sentences_per_s: 1.0,
+            config_hash: "h".into(),
+            git_commit: "c".into(),
+            run_dir: run_dir.display().to_string(),
+            finished_at_unix: 1,
+        };
+        crate::report::append_result(&out.path().join("results.csv"), &row).unwrap();
+        // 40 training rows, one epoch, at 20 sentences/s.
+        assert_eq!(estimate_seconds(&narrow, Stage::Student), Some((2.0, "sst2".into(), false)));
+        let (seconds, task, scaled) = estimate_seconds(&wide, Stage::Student).unwrap();
+        // Hidden 30: 8·30·(300 + 30) against 8·30·(50 + 30) multiply-adds a token.
+        assert!((seconds - 2.0 * 330.0 / 80.0).abs() < 1e-9 && task == "sst2" && scaled, "{seconds} {task} {scaled}");
+        assert!(estimate_line(&wide, Stage::Student).contains("about 1 min") && estimate_line(&wide, Stage::Student).contains("scaled to this experiment's"));
     }
 
     #[test]

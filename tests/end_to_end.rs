@@ -150,6 +150,65 @@ fn cli_validate_reports_bad_files_and_exits_nonzero() {
     assert!(text.contains("bad.toml:2") && text.contains("task") && text.contains("sst2"), "{text}");
 }
 
+/// A results row names the commit the binary was built from, wherever it runs: here from a
+/// folder outside any git checkout, where asking git at run time would say nothing. So does
+/// `distill --version`.
+#[test]
+fn cli_results_row_names_the_build_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+name = "e2e-commit"
+task = "chnsenticorp"
+out_dir = "{out}"
+
+[data]
+dir = "{data}"
+train_limit = 100
+dev_limit = 50
+
+[vocab]
+kind = "jieba"
+min_count = 1
+
+[student]
+embedding_dim = 8
+hidden_size = 8
+dropout = 0.0
+max_seq_len = 32
+optimizer = "adam"
+lr = 1e-3
+batch_size = 32
+epochs = 1
+"#,
+        out = dir.path().join("runs").display(),
+        data = shared("ChnSentiCorp")
+    );
+    std::fs::write(dir.path().join("tiny.toml"), toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .current_dir(dir.path())
+        .args(["run", "tiny.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = distill::report::read_results(&dir.path().join("runs/results.csv")).unwrap();
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let recorded = &rows[0].git_commit;
+    match head {
+        Some(head) => assert!(recorded == &head || recorded == &format!("{head}-dirty"), "{recorded} vs HEAD {head}"),
+        None => assert_eq!(recorded, "unknown"),
+    }
+    // `distill --version` names the same build.
+    let version = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("distill {} ({recorded})", env!("CARGO_PKG_VERSION")));
+}
+
 fn walk(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -17,7 +17,7 @@ use crate::config::{expand_path, Experiment, Stage};
 use crate::data::{load_split, Dataset, LoadOptions, Task};
 use crate::files::write_atomic;
 use crate::metrics::Metrics;
-use crate::report::{append_result, git_commit, unix_now, ResultRow};
+use crate::report::{append_result, build_commit, unix_now, ResultRow};
 use stage_key::{find_finished, stage_key, FinishedStage};
 
 /// `OUT_DIR/NAME-HASH/`: where a run of `experiment` (this very config) writes.
@@ -123,7 +123,7 @@ impl RunContext {
             train_sentences_per_s: sentences_seen as f64 / train_time_s.max(1e-9),
             eval_sentences_per_s,
             config_hash: self.config_hash.clone(),
-            git_commit: git_commit(),
+            git_commit: build_commit().into(),
             run_dir: self.run_dir.display().to_string(),
             finished_at_unix: unix_now(),
         }
