@@ -865,6 +865,20 @@ impl Experiment {
                 return Err((key.into(), format!("{:?} uses ${{{var}}}, which is not set; export {var} or write the path out", value.unwrap_or_default())));
             }
         }
+        // Every stage reads both splits.
+        let data_dir = expand_path(&self.data.dir);
+        if !data_dir.is_dir() {
+            return Err((
+                "data.dir".into(),
+                format!("{}: no such data folder; put the task's {} and {} there, or point data.dir at them", data_dir.display(), self.data.train, self.data.dev),
+            ));
+        }
+        for (key, file) in [("data.train", &self.data.train), ("data.dev", &self.data.dev)] {
+            let path = data_dir.join(file);
+            if !path.is_file() {
+                return Err((key.into(), format!("{}: no such data file; put it there, or set {key} to the file's name in data.dir", path.display())));
+            }
+        }
         let exists = |key: &str, raw: Option<&str>, what: &str| -> Result<(), CheckError> {
             let hint = if key == "teacher.model" {
                 "run scripts/setup for the default all-MiniLM-L6-v2 (the Chinese e5 teacher then needs `distill import-e5` and `distill trim-vocab`, see the README), or point teacher.model at an HF BERT dir"

@@ -38,12 +38,14 @@ fn committed_experiments_validate() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             // Experiments, sweeps and the results table: `distill validate` checks each kind,
-            // and the files an experiment reads. The Chinese teacher is made by a documented
-            // import step that CI does not run: its absence is the one error allowed, and the
-            // error must say how to make it.
+            // and the files an experiment reads. Two errors are allowed, each of which must say
+            // what to do: the Chinese teacher is made by a documented import step that CI does
+            // not run, and QQP's data cannot be had here.
             if let Err(e) = distill::cli::validate(&path, &[]) {
                 let e = format!("{e:#}");
-                assert!(e.contains("e5-small-chnsenticorp: no such model dir") && e.contains("distill import-e5"), "{e}");
+                let missing_e5 = e.contains("e5-small-chnsenticorp: no such model dir") && e.contains("distill import-e5");
+                let missing_qqp = e.contains("key `data.dir`") && e.contains("QQP: no such data folder") && e.contains("train.tsv and dev.tsv");
+                assert!(missing_e5 || missing_qqp, "{e}");
             }
             n += 1;
         }

@@ -150,6 +150,26 @@ fn cli_validate_reports_bad_files_and_exits_nonzero() {
     assert!(text.contains("bad.toml:2") && text.contains("task") && text.contains("sst2"), "{text}");
 }
 
+/// A run whose data folder is missing stops before it starts: the error names the key and the
+/// folder, and no run dir is left behind (there was one with its config.toml).
+#[test]
+fn cli_run_without_its_data_names_the_key_and_leaves_no_run_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "name = \"no-data\"\ntask = \"sst2\"\nout_dir = \"{}\"\n[data]\ndir = \"{}\"\n[vocab]\nkind = \"jieba\"\n\
+         [student]\nembedding_dim = 8\nhidden_size = 8\ndropout = 0.0\noptimizer = \"adam\"\nlr = 1e-3\nbatch_size = 8\nepochs = 1\n",
+        dir.path().join("runs").display(),
+        dir.path().join("SST-2").display()
+    );
+    std::fs::write(dir.path().join("no-data.toml"), toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).args(["run"]).arg(dir.path().join("no-data.toml")).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("key `data.dir`") && stderr.contains("SST-2: no such data folder"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("runs")).map(|d| d.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
 /// A results row names the commit the binary was built from, wherever it runs: here from a
 /// folder outside any git checkout, where asking git at run time would say nothing. So does
 /// `distill --version`.

@@ -173,6 +173,8 @@ fn bad_settings_are_caught_before_anything_trains() {
         (&["teacher.max_seq_len=600"], "teacher.max_seq_len", "max_position_embeddings (512)"),
         (&["stages=[\"student\", \"student\"]"], "stages", "listed twice"),
         (&["student.lr=\"abc\""], "student.lr", "from --set student.lr"),
+        (&["data.dir=\"/nowhere/SST-2\""], "data.dir", "/nowhere/SST-2: no such data folder"),
+        (&["data.dev=\"validation.tsv\""], "data.dev", "validation.tsv: no such data file"),
     ];
     for (sets, key, says) in cases {
         let e = load(sets).unwrap_err();
