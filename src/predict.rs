@@ -10,7 +10,8 @@ use dfdx::prelude::*;
 use rand::SeedableRng;
 
 use crate::backend::{StudentBackend, TeacherBackend};
-use crate::config::DeviceName;
+use crate::config::{DeviceName, TaskName};
+use crate::data::Task;
 use crate::encode::EncodedSet;
 use crate::inference::teacher_logits;
 use crate::loss::softmax;
@@ -19,6 +20,7 @@ use crate::models::bert::BertForSequenceClassification;
 use crate::models::bilstm::BiLstmStudent;
 use crate::ops::packed::Precision;
 use crate::models::student_card::StudentCard;
+use crate::report::ResultRow;
 use crate::tokenize::{BertTokenizer, TextEncoder, Vocab};
 
 #[derive(clap::Args, Debug)]
@@ -48,7 +50,8 @@ pub struct PredictArgs {
 /// A loaded model that maps texts to logits.
 enum Predictor {
     Student { model: Box<StudentBackend>, encoder: TextEncoder, card: StudentCard },
-    Teacher { model: Box<TeacherBackend>, tokenizer: BertTokenizer, labels: Vec<String> },
+    /// `pair`: the task of a teacher distill fine-tuned; `None` for another HF model dir.
+    Teacher { model: Box<TeacherBackend>, tokenizer: BertTokenizer, labels: Vec<String>, pair: Option<bool> },
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
@@ -75,7 +78,12 @@ pub fn run(args: PredictArgs) -> Result<()> {
             (Some(true) | None, Some((a, b))) => (a.to_string(), Some(b.to_string())),
             (Some(true), None) if line.trim().is_empty() => (String::new(), Some(String::new())),
             (Some(true), None) => bail!("{source}:{}: this is a sentence-pair model; write text_a<TAB>text_b", i + 1),
-            (Some(false), _) | (None, None) => (line, None),
+            // Most likely a TSV row (text, label): the label would be read as part of the text.
+            (Some(false), Some(_)) => bail!(
+                "{source}:{}: a tab in the line, but this is a single-sentence model; give one text per line (a TSV's text column alone, e.g. `cut -f1`)",
+                i + 1
+            ),
+            (Some(false), None) | (None, None) => (line, None),
         };
         texts.push(text);
     }
@@ -148,7 +156,8 @@ impl Predictor {
                 BertForSequenceClassification::load(dir, labels.len(), &cpu, &mut rand::rngs::StdRng::seed_from_u64(0))?;
             let tokenizer = BertTokenizer::load(dir, max_len)?;
             let model = TeacherBackend::new(&model, DeviceName::Cpu, precision)?;
-            return Ok(Predictor::Teacher { model: Box::new(model), tokenizer, labels });
+            let pair = fine_tuned_task(dir).map(|task| task.is_pair());
+            return Ok(Predictor::Teacher { model: Box::new(model), tokenizer, labels, pair });
         }
         let (card, tokenizer) = StudentCard::load(dir)?;
         let mut model = BiLstmStudent::load(&dir.join("model.safetensors"), &cpu)?;
@@ -182,12 +191,12 @@ impl Predictor {
         }
     }
 
-    /// Whether lines must be pairs (students know their task); `None`: a teacher, which
-    /// reads a pair when the line has a tab.
+    /// Whether lines must be pairs (students and the teachers distill fine-tuned know their
+    /// task); `None`: another teacher, which reads a pair when the line has a tab.
     fn is_pair(&self) -> Option<bool> {
         match self {
             Predictor::Student { card, .. } => Some(card.pair),
-            Predictor::Teacher { .. } => None,
+            Predictor::Teacher { pair, .. } => *pair,
         }
     }
 
@@ -210,6 +219,14 @@ impl Predictor {
             }
         }
     }
+}
+
+/// The task of a teacher dir distill fine-tuned (its result file names it); `None` for another
+/// HF model dir, or a custom task, whose columns the dir does not record.
+fn fine_tuned_task(dir: &Path) -> Option<Task> {
+    let row: ResultRow = serde_json::from_slice(&std::fs::read(dir.join(crate::train::teacher::RESULT_FILE)).ok()?).ok()?;
+    let name: TaskName = serde_json::from_value(serde_json::Value::String(row.task)).ok()?;
+    (name != TaskName::Custom).then(|| Task::new(name, None))
 }
 
 /// Label names of an HF classification config, in id order.

@@ -177,6 +177,13 @@ fn sweep_resumes_after_kill_and_shards_merge_to_the_same_table() {
     assert_eq!(n, 200);
     let accuracy = correct as f64 / n as f64;
     assert!((accuracy - before[0].dev_accuracy).abs() < 1e-9, "predict {accuracy} vs reported {}", before[0].dev_accuracy);
+    // The dev file's rows as they are (text, tab, label): an error naming the file and line,
+    // not the label read as part of the text.
+    let rows_file = tmp.path().join("dev-rows.tsv");
+    std::fs::write(&rows_file, dev.lines().skip(1).take(3).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let out = Command::new(BIN).args(["predict", run_dir.to_str().unwrap(), "--input", rows_file.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("dev-rows.tsv:1:") && err.contains("cut -f1"), "{err}");
 }
 
 #[test]

@@ -310,6 +310,44 @@ fn predict_logits(dir: &Path, precision: &str, portable: bool) -> (Vec<f32>, Str
     (logits, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+fn predict_lines(dir: &Path, lines: &str) -> std::process::Output {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["predict", &dir.display().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A teacher dir distill fine-tuned names its task, so `predict` reads its lines as that task
+/// does: a tab in a single-sentence teacher's line is an error naming the line (a TSV row's
+/// label would otherwise be read as a second text), and a pair teacher needs the tab. A dir
+/// with no result file (any HF model) reads a pair wherever a line has a tab.
+#[test]
+fn predict_reads_lines_as_the_teachers_task_does() {
+    let out = tiny_teacher_dir(9);
+    let dir = out.path().join("teacher");
+    assert!(predict_lines(&dir, "good film\tgreat film\n").status.success());
+    let result = |task: &str| {
+        format!(
+            r#"{{"experiment":"t","task":"{task}","stage":"teacher","params":1,"dev_accuracy":0.5,"dev_precision":0.5,"dev_recall":0.5,"dev_f1":0.5,"best_epoch":1,"train_time_s":1.0,"train_sentences_per_s":1.0,"eval_sentences_per_s":1.0,"config_hash":"x","git_commit":"x","run_dir":"x","finished_at_unix":1}}"#
+        )
+    };
+    std::fs::write(dir.join("distill_result.json"), result("sst2")).unwrap();
+    let single = predict_lines(&dir, "good film\na good film .\t1\n");
+    let stderr = String::from_utf8_lossy(&single.stderr);
+    assert!(!single.status.success() && stderr.contains("stdin:2:") && stderr.contains("single-sentence model"), "{stderr}");
+    assert!(predict_lines(&dir, "good film\n").status.success());
+    std::fs::write(dir.join("distill_result.json"), result("mrpc")).unwrap();
+    let pair = predict_lines(&dir, "good film\n");
+    assert!(!pair.status.success() && String::from_utf8_lossy(&pair.stderr).contains("sentence-pair model"));
+    assert!(predict_lines(&dir, "good film\tgreat film\n").status.success());
+}
+
 /// `DISTILL_SIMD=portable` forces the portable kernels (as on a CPU without AVX-512, VNNI or
 /// BF16): `distill predict` gives the same logits as the dispatched path in every precision,
 /// and says so in one line where reduced precision loses its instructions.

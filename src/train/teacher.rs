@@ -180,7 +180,7 @@ pub fn teacher_step(
 }
 
 /// Written into a teacher dir when its training finished; its presence means "reuse me".
-const RESULT_FILE: &str = "distill_result.json";
+pub const RESULT_FILE: &str = "distill_result.json";
 
 /// Where an experiment's teacher lives: `OUT_DIR/teachers/TASK-HASH`, the hash taken over
 /// everything that shapes the teacher (task, data, seed, `[teacher]`), so experiments that
