@@ -419,7 +419,33 @@ pub fn serialize_tensors(
         .iter()
         .map(|(name, dtype, dims, bytes)| Ok((name.clone(), safetensors::tensor::TensorView::new(*dtype, dims.clone(), bytes)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(safetensors::serialize(views, metadata)?)
+    with_sorted_header(safetensors::serialize(views, metadata)?)
+}
+
+/// safetensors writes its `__metadata__` map in a `HashMap`'s random order, so two saves of the
+/// same tensors differed in their bytes. The header is written again with every key sorted, so
+/// equal weights make equal files (a checksum identifies a model); the data and its offsets
+/// stay as they are.
+fn with_sorted_header(bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+    fn sorted(value: serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let entries: std::collections::BTreeMap<String, serde_json::Value> = map.into_iter().collect();
+                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+            }
+            other => other,
+        }
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header = sorted(serde_json::from_slice(&bytes[8..8 + n])?);
+    let mut header = serde_json::to_vec(&header)?;
+    // The data starts 8-byte aligned, as safetensors writes it.
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + header.len() + bytes.len() - 8 - n);
+    out.extend((header.len() as u64).to_le_bytes());
+    out.extend(header);
+    out.extend(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Exact (erf) GELU as one tape node, computed in parallel. dfdx's `accurate_gelu` calls
@@ -496,4 +522,32 @@ fn std_normal_cdf(x: f32) -> f32 {
     let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
     let erf_abs = 1.0 - poly * exp_fast(-a * a);
     0.5 * (1.0 + erf_abs.copysign(z))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Equal tensors and metadata make equal bytes, save after save (the metadata map is a
+    /// `HashMap`, whose order changes from one map to the next), and the file reads back.
+    #[test]
+    fn equal_tensors_serialize_to_equal_bytes() {
+        let values: Vec<f32> = (0..12).map(|v| v as f32 * 0.5).collect();
+        let tensors: Vec<NamedTensor> = vec![
+            ("b.weight".into(), safetensors::Dtype::F32, vec![3, 4], f32_bytes(&values)),
+            ("a.bias".into(), safetensors::Dtype::F32, vec![2], f32_bytes(&values[..2])),
+        ];
+        let metadata = || (0..6).map(|k| (format!("key{k}"), format!("value{k}"))).collect::<std::collections::HashMap<_, _>>();
+        let first = serialize_tensors(&tensors, Some(metadata())).unwrap();
+        for _ in 0..8 {
+            assert!(serialize_tensors(&tensors, Some(metadata())).unwrap() == first, "two saves of the same tensors differ");
+        }
+        let (_, read) = safetensors::SafeTensors::read_metadata(&first).unwrap();
+        let meta = read.metadata().as_ref().unwrap();
+        assert_eq!(meta.get("key3").map(String::as_str), Some("value3"));
+        assert!(meta.contains_key(CONTENT_HASH_KEY));
+        let file = safetensors::SafeTensors::deserialize(&first).unwrap();
+        assert_eq!(f32_values(file.tensor("b.weight").unwrap().data()), values);
+        assert_eq!(file.tensor("a.bias").unwrap().shape(), &[2]);
+    }
 }
