@@ -101,6 +101,49 @@ impl fmt::Display for DataError {
 
 impl std::error::Error for DataError {}
 
+/// The SHA-256 of an experiment's train and dev files. Run ids and stage keys are hashes of the
+/// config, not of the data, so a stage that finished before a data file was edited would be
+/// found again; each finished stage records its digest (`data.sha256` in its folder, in
+/// `sha256sum` format) and a rerun compares it before reusing the stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataDigest {
+    /// `(hex digest, path)` of the train file, then the dev file.
+    files: Vec<(String, PathBuf)>,
+}
+
+impl DataDigest {
+    pub const FILE_NAME: &'static str = "data.sha256";
+
+    pub fn of(train: &Path, dev: &Path) -> std::io::Result<DataDigest> {
+        use sha2::{Digest, Sha256};
+        let digest = |path: &Path| -> std::io::Result<(String, PathBuf)> {
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+            Ok((hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(), path.to_path_buf()))
+        };
+        Ok(DataDigest { files: vec![digest(train)?, digest(dev)?] })
+    }
+
+    /// Records the digest in a stage's folder.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let text: String = self.files.iter().map(|(hex, path)| format!("{hex}  {}\n", path.display())).collect();
+        crate::files::write_atomic(&dir.join(Self::FILE_NAME), text.as_bytes())
+    }
+
+    /// `Err` naming the file that changed when `dir` records other data; `Ok` when it records
+    /// the same, or nothing (stages finished before digests were kept).
+    pub fn check(&self, dir: &Path) -> Result<(), String> {
+        let Ok(text) = std::fs::read_to_string(dir.join(Self::FILE_NAME)) else { return Ok(()) };
+        let recorded: Vec<&str> = text.lines().filter_map(|line| line.split_once("  ").map(|(hex, _)| hex)).collect();
+        for ((hex, path), then) in self.files.iter().zip(recorded) {
+            if *hex != then {
+                return Err(format!("{} has changed since (sha256 {}… then, {}… now)", path.display(), &then[..then.len().min(12)], &hex[..12]));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Options of one load.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {

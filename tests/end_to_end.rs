@@ -170,6 +170,39 @@ fn cli_run_without_its_data_names_the_key_and_leaves_no_run_dir() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// Run ids and stage keys hash the config, not the data: a stage that finished records the
+/// SHA-256 of the files it read, and after a data file is edited a rerun neither takes that
+/// stage as done (an error naming the file and `--force`) nor reuses it for another run with
+/// the same stage key (trained again, with a note); `--force` trains it on the new data.
+#[test]
+fn a_stage_that_read_other_data_is_not_taken_as_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "name = \"c\"\ntask = \"custom\"\n[data]\ndir = \".\"\n[data.columns]\ntext_a = \"sentence\"\nlabel = \"label\"\n\
+                labels = [\"neg\", \"pos\"]\n[vocab]\nkind = \"jieba\"\n[student]\nembedding_dim = 8\nhidden_size = 8\ndropout = 0.0\n\
+                optimizer = \"adam\"\nlr = 1e-3\nbatch_size = 8\nepochs = 1\n";
+    std::fs::write(dir.path().join("c.toml"), toml).unwrap();
+    std::fs::write(dir.path().join("train.tsv"), "sentence\tlabel\nhello world\tpos\ngood day\tneg\n").unwrap();
+    std::fs::write(dir.path().join("dev.tsv"), "sentence\tlabel\nhello\tpos\nfine\tneg\n").unwrap();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).current_dir(dir.path()).args(["run", "c.toml"]).args(extra).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, log) = run(&[]);
+    assert!(ok, "{log}");
+    let recorded = std::fs::read_to_string(std::fs::read_dir(dir.path().join("runs")).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path().join("student/data.sha256")).unwrap();
+    assert!(recorded.lines().count() == 2 && recorded.contains("train.tsv") && recorded.contains("dev.tsv"), "{recorded}");
+    assert!(run(&[]).1.contains("already finished"));
+
+    std::fs::write(dir.path().join("train.tsv"), "sentence\tlabel\nhello world\tpos\ngood day\tpos\n").unwrap();
+    let (ok, log) = run(&[]);
+    assert!(!ok && log.contains("read other data") && log.contains("train.tsv has changed") && log.contains("--force"), "{log}");
+    let (ok, log) = run(&["--set", "name=\"c2\""]);
+    assert!(ok && log.contains("not reused, it read other data") && !log.contains("reusing"), "{log}");
+    let (ok, log) = run(&["--force"]);
+    assert!(ok, "{log}");
+    assert!(run(&[]).1.contains("already finished"));
+}
+
 /// A results row names the commit the binary was built from, wherever it runs: here from a
 /// folder outside any git checkout, where asking git at run time would say nothing. So does
 /// `distill --version`.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::config::{expand_path, Experiment, Stage};
-use crate::data::{load_split, Dataset, LoadOptions, Task};
+use crate::data::{load_split, DataDigest, Dataset, LoadOptions, Task};
 use crate::files::write_atomic;
 use crate::metrics::Metrics;
 use crate::report::{append_result, build_commit, unix_now, ResultRow};
@@ -147,6 +147,11 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
     // nothing behind and costs no training.
     crate::backend::device_present(experiment.device)?;
     experiment.check_inputs().map_err(|(key, message)| anyhow::anyhow!("key `{key}`: {message}"))?;
+    let data_digest = {
+        let dir = expand_path(&experiment.data.dir);
+        DataDigest::of(&dir.join(&experiment.data.train), &dir.join(&experiment.data.dev))
+            .with_context(|| format!("{}: cannot read the data files", dir.display()))?
+    };
     let ctx = RunContext::create(experiment)?;
     // One process at a time per run dir: a second `distill run` of the same experiment waits,
     // then finds the stages finished instead of training them again.
@@ -172,6 +177,10 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
         if force {
             resume::remove_checkpoint(&stage_dir)?;
         } else {
+            // A stage here, or the shared teacher, that read other data is not taken as done.
+            data_digest.check(&stage_dir).map_err(|change| {
+                anyhow::anyhow!("{}: that {} stage read other data: {change}; --force trains it again on the new data", stage_dir.display(), stage.name())
+            })?;
             if let Some(row) = finished_stage(&marker)? {
                 resume::remove_checkpoint(&stage_dir)?;
                 // The marker is written before the row: a kill between them left the row out.
@@ -187,9 +196,14 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
                 continue;
             }
             if let Some(found) = find_finished(&ctx.experiment, stage) {
-                resume::remove_checkpoint(&stage_dir)?;
-                rows.push(ctx.reuse(stage, found)?);
-                continue;
+                match data_digest.check(&found.dir) {
+                    Ok(()) => {
+                        resume::remove_checkpoint(&stage_dir)?;
+                        rows.push(ctx.reuse(stage, found)?);
+                        continue;
+                    }
+                    Err(change) => eprintln!("{}: not reused, it read other data: {change}", found.dir.display()),
+                }
             }
         }
         let row = match stage {
@@ -197,8 +211,9 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
             Stage::Student => student::train_student(&ctx)?,
             Stage::Distill => distill::train_distilled(&ctx)?,
         };
-        // Marker first, then the row (appended once): a kill between the two is repaired by
-        // the rerun above, and never gives a second row.
+        // The data it read, then the marker, then the row (appended once): a kill between the
+        // last two is repaired by the rerun above, and never gives a second row.
+        data_digest.write(&stage_dir)?;
         write_atomic(&marker, serde_json::to_string_pretty(&row)?.as_bytes())?;
         append_result(&ctx.results_csv, &row)?;
         resume::remove_checkpoint(&stage_dir)?;
