@@ -105,7 +105,7 @@ impl std::error::Error for DataError {}
 /// config, not of the data, so a stage that finished before a data file was edited would be
 /// found again; each finished stage records its digest (`data.sha256` in its folder, in
 /// `sha256sum` format) and a rerun compares it before reusing the stage.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct DataDigest {
     /// `(hex digest, path)` of the train file, then the dev file.
     files: Vec<(String, PathBuf)>,

@@ -173,7 +173,8 @@ fn cli_run_without_its_data_names_the_key_and_leaves_no_run_dir() {
 /// Run ids and stage keys hash the config, not the data: a stage that finished records the
 /// SHA-256 of the files it read, and after a data file is edited a rerun neither takes that
 /// stage as done (an error naming the file and `--force`) nor reuses it for another run with
-/// the same stage key (trained again, with a note); `--force` trains it on the new data.
+/// the same stage key (trained again, with a note); `--force` trains it on the new data, and
+/// on a run whose stage is a link to another run's, in its own folder.
 #[test]
 fn a_stage_that_read_other_data_is_not_taken_as_done() {
     let dir = tempfile::tempdir().unwrap();
@@ -201,6 +202,22 @@ fn a_stage_that_read_other_data_is_not_taken_as_done() {
     let (ok, log) = run(&["--force"]);
     assert!(ok, "{log}");
     assert!(run(&[]).1.contains("already finished"));
+
+    // A stage reused by link, trained again with --force, trains in its own run's folder:
+    // the run it was linked to keeps its model and result.
+    let (ok, log) = run(&["--set", "name=\"c3\""]);
+    assert!(ok && log.contains("reusing"), "{log}");
+    let run_of = |name: &str| std::fs::read_dir(dir.path().join("runs")).unwrap().flatten().map(|e| e.path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{name}-"))).unwrap();
+    let linked = run_of("c3").join("student");
+    assert!(linked.is_symlink());
+    let original = std::fs::canonicalize(&linked).unwrap();
+    let before = (std::fs::read(original.join("model.safetensors")).unwrap(), std::fs::read_to_string(original.join("result.json")).unwrap());
+    let (ok, log) = run(&["--set", "name=\"c3\"", "--force"]);
+    assert!(ok, "{log}");
+    assert!(!linked.is_symlink() && linked.join("model.safetensors").is_file());
+    let after = (std::fs::read(original.join("model.safetensors")).unwrap(), std::fs::read_to_string(original.join("result.json")).unwrap());
+    assert!(before == after, "--force on the linked stage wrote into the run it was linked to");
+    assert!(std::fs::read_to_string(linked.join("result.json")).unwrap().contains("\"c3\""));
 }
 
 /// A results row names the commit the binary was built from, wherever it runs: here from a

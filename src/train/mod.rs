@@ -206,6 +206,11 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
                 }
             }
         }
+        // A stage reused earlier is a link to the run that trained it: training it here
+        // (`--force`, or that run read other data) replaces the link, never writes through it.
+        if stage != Stage::Teacher && stage_dir.is_symlink() {
+            std::fs::remove_file(&stage_dir).with_context(|| format!("{}: cannot remove the link", stage_dir.display()))?;
+        }
         let row = match stage {
             Stage::Teacher => teacher::train_teacher(&ctx)?,
             Stage::Student => student::train_student(&ctx)?,
