@@ -124,6 +124,12 @@ impl DataDigest {
         Ok(DataDigest { files: vec![digest(train)?, digest(dev)?] })
     }
 
+    /// The digest of the train and dev files `exp` reads.
+    pub fn of_experiment(exp: &crate::config::Experiment) -> std::io::Result<DataDigest> {
+        let dir = crate::config::expand_path(&exp.data.dir);
+        DataDigest::of(&dir.join(&exp.data.train), &dir.join(&exp.data.dev))
+    }
+
     /// Records the digest in a stage's folder.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         let text: String = self.files.iter().map(|(hex, path)| format!("{hex}  {}\n", path.display())).collect();

@@ -193,8 +193,17 @@ fn a_stage_that_read_other_data_is_not_taken_as_done() {
     let recorded = std::fs::read_to_string(std::fs::read_dir(dir.path().join("runs")).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path().join("student/data.sha256")).unwrap();
     assert!(recorded.lines().count() == 2 && recorded.contains("train.tsv") && recorded.contains("dev.tsv"), "{recorded}");
     assert!(run(&[]).1.contains("already finished"));
+    // `distill reproduce` (and `distill table`) find the cell the same way.
+    std::fs::write(dir.path().join("t.toml"), "out = \"runs/table\"\n[[column]]\ntitle = \"C\"\nfile = \"c.toml\"\n").unwrap();
+    let bi_lstm_cell = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).current_dir(dir.path()).args(["reproduce", "t.toml", "--dry-run"]).output().unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        listing.lines().find(|l| l.trim_start().starts_with("Bi-LSTM")).unwrap_or_default().to_string()
+    };
+    assert!(bi_lstm_cell().contains("finished"), "{}", bi_lstm_cell());
 
     std::fs::write(dir.path().join("train.tsv"), "sentence\tlabel\nhello world\tpos\ngood day\tpos\n").unwrap();
+    assert!(bi_lstm_cell().contains("missing"), "{}", bi_lstm_cell());
     let (ok, log) = run(&[]);
     assert!(!ok && log.contains("read other data") && log.contains("train.tsv has changed") && log.contains("--force"), "{log}");
     let (ok, log) = run(&["--set", "name=\"c2\""]);

@@ -147,11 +147,8 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
     // nothing behind and costs no training.
     crate::backend::device_present(experiment.device)?;
     experiment.check_inputs().map_err(|(key, message)| anyhow::anyhow!("key `{key}`: {message}"))?;
-    let data_digest = {
-        let dir = expand_path(&experiment.data.dir);
-        DataDigest::of(&dir.join(&experiment.data.train), &dir.join(&experiment.data.dev))
-            .with_context(|| format!("{}: cannot read the data files", dir.display()))?
-    };
+    let data_digest = DataDigest::of_experiment(&experiment)
+        .with_context(|| format!("{}: cannot read the data files", expand_path(&experiment.data.dir).display()))?;
     let ctx = RunContext::create(experiment)?;
     // One process at a time per run dir: a second `distill run` of the same experiment waits,
     // then finds the stages finished instead of training them again.
@@ -196,14 +193,9 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
                 continue;
             }
             if let Some(found) = find_finished(&ctx.experiment, stage) {
-                match data_digest.check(&found.dir) {
-                    Ok(()) => {
-                        resume::remove_checkpoint(&stage_dir)?;
-                        rows.push(ctx.reuse(stage, found)?);
-                        continue;
-                    }
-                    Err(change) => eprintln!("{}: not reused, it read other data: {change}", found.dir.display()),
-                }
+                resume::remove_checkpoint(&stage_dir)?;
+                rows.push(ctx.reuse(stage, found)?);
+                continue;
             }
         }
         // A stage reused earlier is a link to the run that trained it: training it here

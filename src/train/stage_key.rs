@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::teacher::{finished_teacher, teacher_dir};
 use crate::config::{expand_path, DataConfig, DeviceName, EmbeddingsConfig, Experiment, PairFeatures, Stage, TaskName, VectorsTeacher, VocabConfig};
+use crate::data::DataDigest;
 use crate::report::ResultRow;
 
 /// The key of `stage` of `exp`: `STAGE-HASH` (the teacher's is its dir name, `TASK-HASH`).
@@ -113,11 +114,20 @@ pub struct FinishedStage {
 
 /// Where `stage` of `exp` already finished, if anywhere under its `out_dir`: the teacher in
 /// its dir; the student stages in any run dir whose saved `config.toml` gives the same key
-/// (so runs made before keys existed are found too).
+/// (so runs made before keys existed are found too). A stage that recorded other train or dev
+/// files than `exp`'s are now (see [`DataDigest`]) is passed over, with a note.
 pub fn find_finished(exp: &Experiment, stage: Stage) -> Option<FinishedStage> {
+    let data = DataDigest::of_experiment(exp).ok();
+    let same_data = |found: &FinishedStage| match data.as_ref().map(|d| d.check(&found.dir)) {
+        Some(Err(change)) => {
+            eprintln!("{}: not reused, it read other data: {change}", found.dir.display());
+            false
+        }
+        _ => true,
+    };
     if stage == Stage::Teacher {
         let dir = teacher_dir(exp);
-        return finished_teacher(&dir).ok().flatten().map(|row| FinishedStage { row, dir });
+        return finished_teacher(&dir).ok().flatten().map(|row| FinishedStage { row, dir }).filter(same_data);
     }
     let key = stage_key(exp, stage);
     finished_runs(&expand_path(&exp.out_dir), stage).into_iter().filter(|(k, _)| *k == key).map(|(_, found)| found).find(|found| {
@@ -126,7 +136,7 @@ pub fn find_finished(exp: &Experiment, stage: Stage) -> Option<FinishedStage> {
         if !intact {
             eprintln!("{}: missing, truncated or damaged; that finished {} stage is not reused", weights.display(), stage.name());
         }
-        intact
+        intact && same_data(found)
     })
 }
 
