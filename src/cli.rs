@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{expand_path, Experiment, QUICKSTART_TOML};
 use crate::sweep::{Shard, Sweep};
 use crate::table::TableSpec;
+use crate::train::Retrain;
 
 #[derive(Parser, Debug)]
 #[command(name = "distill", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DISTILL_BUILD_COMMIT"), ")"), about = "Distil a BERT teacher into a small Bi-LSTM student")]
@@ -152,7 +153,7 @@ impl Cli {
                 if let Some(device) = device {
                     exp.device = device;
                 }
-                crate::train::run_experiment_with(exp, force)?;
+                crate::train::run_experiment_with(exp, if force { Retrain::All } else { Retrain::Unfinished })?;
                 Ok(())
             }
             Command::Augment { file, n, overrides } => {
@@ -275,13 +276,15 @@ pub fn validate(file: &std::path::Path, overrides: &[String]) -> Result<()> {
     } else {
         let exp = Experiment::load(file, overrides)?;
         exp.check_inputs().map_err(|(key, message)| anyhow::anyhow!("{}: key `{key}`: {message}", file.display()))?;
-        println!("{}: ok ({}, stages {:?})", file.display(), exp.name, exp.stages);
+        let (train, dev) = crate::train::load_splits(&exp, &crate::data::Task::new(exp.task, exp.data.columns.as_ref()))?;
+        println!("{}: ok ({}, stages {:?}; {} train and {} dev rows)", file.display(), exp.name, exp.stages, train.examples.len(), dev.examples.len());
         if exp.teacher.is_some() {
+            use crate::train::stage_key::{find_finished, Lookup};
             let dir = crate::train::teacher::teacher_dir(&exp);
-            let state = if crate::train::teacher::finished_teacher(&dir).ok().flatten().is_some() {
-                "fine-tuned, will be reused"
-            } else {
-                "not trained yet"
+            let state = match find_finished(&exp, crate::config::Stage::Teacher) {
+                Lookup::Finished(_) => "fine-tuned, will be reused".to_string(),
+                Lookup::ReadOtherData { change, .. } => format!("fine-tuned on other data: {change}; `distill run` stops there, --force trains it again"),
+                Lookup::Missing => "not trained yet".to_string(),
             };
             println!("  teacher: {} ({state})", dir.display());
         }

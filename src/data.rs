@@ -115,13 +115,7 @@ impl DataDigest {
     pub const FILE_NAME: &'static str = "data.sha256";
 
     pub fn of(train: &Path, dev: &Path) -> std::io::Result<DataDigest> {
-        use sha2::{Digest, Sha256};
-        let digest = |path: &Path| -> std::io::Result<(String, PathBuf)> {
-            let mut hasher = Sha256::new();
-            std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-            Ok((hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(), path.to_path_buf()))
-        };
-        Ok(DataDigest { files: vec![digest(train)?, digest(dev)?] })
+        Ok(DataDigest { files: vec![(file_sha256(train)?, train.to_path_buf()), (file_sha256(dev)?, dev.to_path_buf())] })
     }
 
     /// The digest of the train and dev files `exp` reads.
@@ -148,6 +142,32 @@ impl DataDigest {
         }
         Ok(())
     }
+}
+
+/// The hex SHA-256 of a file. Remembered per path, size and modification time for the
+/// process (`distill reproduce` looks up every cell's stages, each against its data), unless
+/// the file was modified in the last seconds: a write within the clock's granularity after
+/// the hash could leave the same time, as git's index knows ("racy" entries).
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    type Seen = std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, String)>;
+    static SEEN: std::sync::LazyLock<std::sync::Mutex<Seen>> = std::sync::LazyLock::new(Default::default);
+    let meta = std::fs::metadata(path)?;
+    let stamp = (meta.len(), meta.modified()?);
+    let key = std::fs::canonicalize(path)?;
+    if let Some((len, modified, hex)) = SEEN.lock().unwrap().get(&key) {
+        if (*len, *modified) == stamp {
+            return Ok(hex.clone());
+        }
+    }
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let settled = stamp.1.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(2));
+    if settled {
+        SEEN.lock().unwrap().insert(key, (stamp.0, stamp.1, hex.clone()));
+    }
+    Ok(hex)
 }
 
 /// Options of one load.
@@ -218,7 +238,8 @@ pub fn load_split(task: &Task, path: &Path, opts: LoadOptions) -> Result<Dataset
         }
     }
     if examples.is_empty() {
-        return Err(fail(None, "no usable rows".into()));
+        let what = if skipped > 0 { format!("all {skipped} rows are malformed and were skipped") } else { "only a header".to_string() };
+        return Err(fail(None, format!("no usable rows ({what}); every split needs at least one labelled row")));
     }
     Ok(Dataset { path: path.to_path_buf(), examples, skipped })
 }
@@ -254,4 +275,34 @@ fn parse_row(
         .position(|l| *l == raw_label)
         .ok_or_else(|| format!("label {raw_label:?} is not one of {:?}", task.labels))?;
     Ok(Example { text_a, text_b, label })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A remembered digest is not reused once the file changes, even to the same length; and a
+    /// file written a moment ago is hashed afresh each time, whatever its modification time.
+    #[test]
+    fn a_remembered_file_digest_follows_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.tsv");
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        let write = |text: &str, modified: Option<std::time::SystemTime>| {
+            std::fs::write(&path, text).unwrap();
+            if let Some(t) = modified {
+                std::fs::File::options().write(true).open(&path).unwrap().set_modified(t).unwrap();
+            }
+        };
+        write("sentence\tlabel\na\t0\n", Some(an_hour_ago));
+        let first = file_sha256(&path).unwrap();
+        assert_eq!(file_sha256(&path).unwrap(), first);
+        write("sentence\tlabel\na\t1\n", None);
+        let edited = file_sha256(&path).unwrap();
+        assert_ne!(edited, first);
+        // Just written, so not remembered: an edit that keeps size and time is still seen.
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        write("sentence\tlabel\nb\t1\n", Some(modified));
+        assert_ne!(file_sha256(&path).unwrap(), edited);
+    }
 }

@@ -16,7 +16,8 @@ use crate::models::bert::BertConfig;
 use crate::report::{read_results, ResultRow};
 use crate::table::{ColumnSpec, RowKind, TableSpec};
 use crate::tokenize::BertTokenizer;
-use crate::train::stage_key::{find_finished, finished_runs, stage_key};
+use crate::train::stage_key::{find_finished, finished_runs, stage_key, Lookup};
+use crate::train::Retrain;
 
 #[derive(clap::Args, Debug)]
 pub struct ReproduceArgs {
@@ -53,23 +54,29 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
             }
             for (_, exp) in column.runs(kind)? {
                 match find_finished(&exp, kind.stage()) {
-                    Some(found) => println!(
+                    Lookup::Finished(found) => println!(
                         "  {:<18} finished: dev accuracy {:.4}, F1 {:.4} ({})",
                         kind.title(),
                         found.row.dev_accuracy,
                         found.row.dev_f1,
                         found.dir.display()
                     ),
-                    None => {
+                    cell => {
                         let (stages, command) = column.command(kind, &exp);
-                        println!("  {:<18} missing: {command}", kind.title());
+                        let why = match &cell {
+                            Lookup::ReadOtherData { change, .. } => format!(" (its run read other data: {change})"),
+                            _ => String::new(),
+                        };
+                        println!("  {:<18} missing{why}: {command}", kind.title());
                         let as_run = Experiment { stages: stages.clone(), ..exp.clone() };
                         for stage in stages {
+                            // The cell's own stage was looked up above.
+                            let lookup = if stage == kind.stage() { Lookup::Missing } else { find_finished(&exp, stage) };
                             // A finished stage is reused by each cell; one two cells share (a column's teacher) runs once.
-                            let line = match find_finished(&exp, stage) {
-                                Some(found) => format!("{}: reuse {}", stage.name(), found.dir.display()),
-                                None if planned.insert(stage_key(&exp, stage)) => estimate_line(&as_run, stage),
-                                None => format!("{}: runs once, listed above", stage.name()),
+                            let line = match lookup {
+                                Lookup::Finished(found) => format!("{}: reuse {}", stage.name(), found.dir.display()),
+                                _ if planned.insert(stage_key(&exp, stage)) => estimate_line(&as_run, stage),
+                                _ => format!("{}: runs once, listed above", stage.name()),
                             };
                             println!("  {:<18}   {line}", "");
                         }
@@ -87,7 +94,8 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
         let (stages, command) = column.command(kind, &exp);
         eprintln!("reproduce {} / {}: {command}", column.title, kind.title());
         let exp = Experiment { stages, ..exp };
-        crate::train::run_experiment(exp)?;
+        // A cell whose stages read other data than the files now hold is trained again on them.
+        crate::train::run_experiment_with(exp, Retrain::OtherData)?;
     }
     // The whole table, whatever `--only` ran.
     let cells = crate::table::build(&spec)?;

@@ -16,7 +16,7 @@ use crate::plots::{sweep_parameter, SweepPoint};
 use crate::report::{read_results, ResultRow};
 use crate::files::write_atomic;
 use crate::train::stage_key::find_finished;
-use crate::train::{run_experiment, stage_result_path};
+use crate::train::{run_experiment_with, Retrain};
 
 /// A grid of experiments declared in one file.
 pub struct Sweep {
@@ -53,7 +53,7 @@ impl GridPoint {
         let stages = &self.experiment.stages;
         let done = stages
             .iter()
-            .filter(|&&s| stage_result_path(&self.run_dir(), s).is_file() || find_finished(&self.experiment, s).is_some())
+            .filter(|&&s| find_finished(&self.experiment, s).finished().is_some())
             .count();
         (done, stages.len())
     }
@@ -208,7 +208,8 @@ impl Sweep {
         let mut rows: Vec<ResultRow> = Vec::new();
         for (done, point) in mine.iter().enumerate() {
             eprintln!("sweep point {} ({} of {} in this shard): {}", point.index, done + 1, mine.len(), point.describe());
-            let point_rows = run_experiment(point.experiment.clone())
+            // A point whose stages read other data than the files now hold trains them again.
+            let point_rows = run_experiment_with(point.experiment.clone(), Retrain::OtherData)
                 .with_context(|| format!("sweep point {} ({})", point.index, point.describe()))?;
             rows.extend(point_rows);
             write_atomic(&shard_file, &crate::report::csv_bytes(&rows)?)?;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::config::{DistillConfig, DistillLoss, Experiment, Stage, VectorsTeacher};
 use crate::files::write_atomic;
-use crate::train::stage_key::{find_finished, stage_key};
+use crate::train::stage_key::{find_finished, stage_key, Lookup};
 
 /// A table file: its columns, in order.
 #[derive(Debug, Deserialize)]
@@ -257,8 +257,11 @@ fn build_cell(column: &ColumnSpec, kind: RowKind) -> Result<Cell> {
     let (mut rows, mut missing) = (Vec::new(), Vec::new());
     for (_, exp) in &runs {
         match find_finished(exp, kind.stage()) {
-            Some(found) => rows.push(found.row),
-            None => missing.push(column.command(kind, exp).1),
+            Lookup::Finished(found) => rows.push(found.row),
+            Lookup::ReadOtherData { change, .. } => {
+                missing.push(format!("its run read other data ({change}); to train it again: {} --force", column.command(kind, exp).1))
+            }
+            Lookup::Missing => missing.push(format!("not run yet: {}", column.command(kind, exp).1)),
         }
     }
     let accuracy = mean_std(rows.iter().map(|r| r.dev_accuracy));
@@ -282,8 +285,8 @@ fn build_cell(column: &ColumnSpec, kind: RowKind) -> Result<Cell> {
         };
         notes.insert(0, note);
     }
-    for command in missing.iter().rev() {
-        notes.insert(0, format!("not run yet: {command}"));
+    for note in missing.into_iter().rev() {
+        notes.insert(0, note);
     }
     let run_ids: Vec<String> =
         rows.iter().map(|r| Path::new(&r.run_dir).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()).collect();

@@ -168,6 +168,26 @@ fn cli_run_without_its_data_names_the_key_and_leaves_no_run_dir() {
     assert!(stderr.contains("key `data.dir`") && stderr.contains("SST-2: no such data folder"), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(dir.path().join("runs")).map(|d| d.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
+
+    // So does one whose dev file has a bad row, or none; `distill validate` reads the rows too.
+    std::fs::create_dir(dir.path().join("SST-2")).unwrap();
+    std::fs::write(dir.path().join("SST-2/train.tsv"), "sentence\tlabel\ngood\t1\nbad\t0\n").unwrap();
+    let distill = |command: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).arg(command).arg(dir.path().join("no-data.toml")).output().unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    for (dev, expected) in [("sentence\tlabel\nfine\t1\nmeh\t2\n", "dev.tsv:3: label \"2\""), ("sentence\tlabel\n", "dev.tsv: no usable rows (only a header)")] {
+        std::fs::write(dir.path().join("SST-2/dev.tsv"), dev).unwrap();
+        for command in ["validate", "run"] {
+            let (ok, text) = distill(command);
+            assert!(!ok && text.contains(expected), "{command}: {text}");
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("runs")).map(|d| d.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+    std::fs::write(dir.path().join("SST-2/dev.tsv"), "sentence\tlabel\nfine\t1\n").unwrap();
+    let (ok, text) = distill("validate");
+    assert!(ok && text.contains("2 train and 1 dev rows"), "{text}");
 }
 
 /// Run ids and stage keys hash the config, not the data: a stage that finished records the
@@ -203,7 +223,10 @@ fn a_stage_that_read_other_data_is_not_taken_as_done() {
     assert!(bi_lstm_cell().contains("finished"), "{}", bi_lstm_cell());
 
     std::fs::write(dir.path().join("train.tsv"), "sentence\tlabel\nhello world\tpos\ngood day\tpos\n").unwrap();
-    assert!(bi_lstm_cell().contains("missing"), "{}", bi_lstm_cell());
+    assert!(bi_lstm_cell().contains("missing (its run read other data: ") && bi_lstm_cell().contains("train.tsv has changed"), "{}", bi_lstm_cell());
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).current_dir(dir.path()).args(["table", "t.toml"]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.contains("C / Bi-LSTM: its run read other data (") && table.contains("--force"), "{table}");
     let (ok, log) = run(&[]);
     assert!(!ok && log.contains("read other data") && log.contains("train.tsv has changed") && log.contains("--force"), "{log}");
     let (ok, log) = run(&["--set", "name=\"c2\""]);
@@ -227,6 +250,60 @@ fn a_stage_that_read_other_data_is_not_taken_as_done() {
     let after = (std::fs::read(original.join("model.safetensors")).unwrap(), std::fs::read_to_string(original.join("result.json")).unwrap());
     assert!(before == after, "--force on the linked stage wrote into the run it was linked to");
     assert!(std::fs::read_to_string(linked.join("result.json")).unwrap().contains("\"c3\""));
+}
+
+/// A stage stopped part-way keeps the data it read in its resume checkpoint: after the train
+/// file is edited, `distill run` does not continue from it (an error naming the file and
+/// `--force`, the checkpoint kept), while `distill reproduce`, whose job is the table from the
+/// files as they are, trains the stage again from the start on the new data.
+#[test]
+fn an_interrupted_stage_does_not_resume_on_other_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "name = \"c\"\ntask = \"custom\"\n[data]\ndir = \".\"\n[data.columns]\ntext_a = \"sentence\"\nlabel = \"label\"\n\
+                labels = [\"neg\", \"pos\"]\n[vocab]\nkind = \"jieba\"\n[student]\nembedding_dim = 8\nhidden_size = 8\ndropout = 0.0\n\
+                optimizer = \"adam\"\nlr = 1e-3\nbatch_size = 8\nepochs = 2\n";
+    std::fs::write(dir.path().join("c.toml"), toml).unwrap();
+    let no_teacher = "pending = \"no teacher here\"";
+    let spec = format!("[[column]]\ntitle = \"C\"\nfile = \"c.toml\"\n[column.teacher]\n{no_teacher}\n[column.distilled]\n{no_teacher}\n");
+    std::fs::write(dir.path().join("t.toml"), spec).unwrap();
+    std::fs::write(dir.path().join("train.tsv"), "sentence\tlabel\nhello world\tpos\ngood day\tneg\n").unwrap();
+    std::fs::write(dir.path().join("dev.tsv"), "sentence\tlabel\nhello\tpos\nfine\tneg\n").unwrap();
+    let distill = |args: &[&str], stop: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_distill"));
+        command.current_dir(dir.path()).args(args);
+        if stop {
+            command.env("DISTILL_STOP_AFTER_EVALUATIONS", "1");
+        }
+        let out = command.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, log) = distill(&["run", "c.toml"], true);
+    assert!(!ok && log.contains("stops here"), "{log}");
+    let run_dir = std::fs::read_dir(dir.path().join("runs")).unwrap().flatten().map(|e| e.path()).find(|p| p.is_dir()).unwrap();
+    let checkpoint = run_dir.join("student.resume");
+    assert!(std::fs::read_to_string(checkpoint.join("data.sha256")).unwrap().contains("train.tsv"));
+
+    std::fs::write(dir.path().join("train.tsv"), "sentence\tlabel\nhello world\tpos\ngood day\tpos\n").unwrap();
+    let (ok, log) = distill(&["run", "c.toml"], false);
+    assert!(!ok && log.contains("student.resume: that student stage read other data") && log.contains("train.tsv has changed") && log.contains("--force"), "{log}");
+    assert!(checkpoint.join("loop.json").is_file(), "the checkpoint is kept for the user to decide");
+    let plan = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).current_dir(dir.path()).args(["reproduce", "t.toml", "--dry-run"]).output().unwrap();
+    let plan = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(plan.contains("student: train") && !plan.contains("resume after"), "{plan}");
+    let (ok, log) = distill(&["reproduce", "t.toml"], false);
+    assert!(ok && log.contains("not taken as done, it read other data") && !log.contains("resuming"), "{log}");
+    assert!(!checkpoint.exists());
+    let recorded = std::fs::read_to_string(run_dir.join("student/data.sha256")).unwrap();
+    let now = distill::data::DataDigest::of(&dir.path().join("train.tsv"), &dir.path().join("dev.tsv")).unwrap();
+    assert!(now.check(&run_dir.join("student")).is_ok(), "{recorded}");
+    assert!(distill(&["run", "c.toml"], false).1.contains("already finished"));
+    // So does `distill sweep`, for a point whose finished stage read other data.
+    std::fs::write(dir.path().join("s.toml"), format!("{toml}[sweep]\n\"student.lr\" = [1e-3, 2e-3]\n")).unwrap();
+    let (ok, log) = distill(&["sweep", "s.toml"], false);
+    assert!(ok && !log.contains("read other data"), "{log}");
+    std::fs::write(dir.path().join("train.tsv"), "sentence\tlabel\nhello world\tneg\ngood day\tneg\n").unwrap();
+    let (ok, log) = distill(&["sweep", "s.toml"], false);
+    assert!(ok && log.matches("not taken as done, it read other data").count() == 2, "{log}");
 }
 
 /// A results row names the commit the binary was built from, wherever it runs: here from a

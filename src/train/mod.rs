@@ -11,14 +11,14 @@ pub mod training_loop;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::config::{expand_path, Experiment, Stage};
 use crate::data::{load_split, DataDigest, Dataset, LoadOptions, Task};
 use crate::files::write_atomic;
 use crate::metrics::Metrics;
 use crate::report::{append_result, build_commit, unix_now, ResultRow};
-use stage_key::{find_finished, stage_key, FinishedStage};
+use stage_key::{find_finished, stage_key, FinishedStage, Lookup};
 
 /// `OUT_DIR/NAME-HASH/`: where a run of `experiment` (this very config) writes.
 pub fn run_dir(experiment: &Experiment) -> PathBuf {
@@ -26,13 +26,16 @@ pub fn run_dir(experiment: &Experiment) -> PathBuf {
 }
 
 /// The loop counters a run of `experiment` left in `stage`'s resume checkpoint, if it was
-/// stopped inside that stage (a rerun continues from there).
+/// stopped inside that stage on the data the experiment's files hold now (a rerun continues
+/// from there).
 pub fn interrupted_at(experiment: &Experiment, stage: Stage) -> Option<resume::LoopState> {
     let stage_dir = match stage {
         Stage::Teacher => teacher::teacher_dir(experiment),
         _ => run_dir(experiment).join(stage.name()),
     };
-    let bytes = std::fs::read(resume::checkpoint_dir(&stage_dir).join("loop.json")).ok()?;
+    let checkpoint = resume::checkpoint_dir(&stage_dir);
+    DataDigest::of_experiment(experiment).ok()?.check(&checkpoint).ok()?;
+    let bytes = std::fs::read(checkpoint.join("loop.json")).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -42,17 +45,20 @@ pub struct RunContext {
     pub config_hash: String,
     pub run_dir: PathBuf,
     pub results_csv: PathBuf,
+    /// The train and dev files' digest as the run started: each stage, and its resume
+    /// checkpoint, records it.
+    pub data_digest: DataDigest,
 }
 
 impl RunContext {
     /// Creates `OUT_DIR/NAME-HASH/` and saves the resolved config there.
-    pub fn create(experiment: Experiment) -> Result<RunContext> {
+    pub fn create(experiment: Experiment, data_digest: DataDigest) -> Result<RunContext> {
         let config_hash = experiment.config_hash();
         let out_dir = expand_path(&experiment.out_dir);
         let run_dir = run_dir(&experiment);
         std::fs::create_dir_all(&run_dir).with_context(|| format!("{}: cannot create", run_dir.display()))?;
         write_atomic(&run_dir.join("config.toml"), experiment.to_toml().as_bytes())?;
-        Ok(RunContext { experiment, config_hash, results_csv: out_dir.join("results.csv"), run_dir })
+        Ok(RunContext { experiment, config_hash, results_csv: out_dir.join("results.csv"), run_dir, data_digest })
     }
 }
 
@@ -136,20 +142,36 @@ impl RunContext {
 /// not run again: its row is read back from `RUN_DIR/STAGE/result.json`. So a rerun after
 /// an interruption picks up at the first unfinished stage. A stage whose inputs (its key,
 /// see [`stage_key`]) match a stage finished in another run under `out_dir` is reused from
-/// there: linked into this run dir, no training, no new `results.csv` row. `force` reruns
-/// everything.
+/// there: linked into this run dir, no training, no new `results.csv` row. A stage that read
+/// other data stops the run (see [`Retrain`]).
 pub fn run_experiment(experiment: Experiment) -> Result<Vec<ResultRow>> {
-    run_experiment_with(experiment, false)
+    run_experiment_with(experiment, Retrain::Unfinished)
 }
 
-pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<ResultRow>> {
+/// Which stages a run trains again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retrain {
+    /// Only unfinished ones; a stage here (finished, or stopped part-way) that read other
+    /// train or dev files than the experiment's are now stops the run, naming the file and
+    /// `--force` (`distill run`: an edited data file is worth a look before hours of training).
+    Unfinished,
+    /// Also those that read other data, on the current data (`distill reproduce` and `distill
+    /// sweep`, whose job is every cell or point from the files as they are).
+    OtherData,
+    /// Every stage (`--force`).
+    All,
+}
+
+pub fn run_experiment_with(experiment: Experiment, retrain: Retrain) -> Result<Vec<ResultRow>> {
     // Before the run dir exists, so a machine without the device, or a missing file, leaves
     // nothing behind and costs no training.
     crate::backend::device_present(experiment.device)?;
     experiment.check_inputs().map_err(|(key, message)| anyhow::anyhow!("key `{key}`: {message}"))?;
     let data_digest = DataDigest::of_experiment(&experiment)
         .with_context(|| format!("{}: cannot read the data files", expand_path(&experiment.data.dir).display()))?;
-    let ctx = RunContext::create(experiment)?;
+    // Every stage reads both splits: a bad row (named by file and line) stops the run here.
+    load_splits(&experiment, &Task::new(experiment.task, experiment.data.columns.as_ref()))?;
+    let ctx = RunContext::create(experiment, data_digest)?;
     // One process at a time per run dir: a second `distill run` of the same experiment waits,
     // then finds the stages finished instead of training them again.
     let _run_lock = crate::files::lock(&ctx.run_dir.join(".lock"), "another run of this experiment")?;
@@ -171,14 +193,22 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
             Stage::Teacher => teacher::teacher_dir(&ctx.experiment),
             _ => ctx.run_dir.join(stage.name()),
         };
-        if force {
+        if retrain == Retrain::All {
             resume::remove_checkpoint(&stage_dir)?;
         } else {
-            // A stage here, or the shared teacher, that read other data is not taken as done.
-            data_digest.check(&stage_dir).map_err(|change| {
-                anyhow::anyhow!("{}: that {} stage read other data: {change}; --force trains it again on the new data", stage_dir.display(), stage.name())
-            })?;
-            if let Some(row) = finished_stage(&marker)? {
+            // What this stage, finished or stopped part-way, read: a resume checkpoint records
+            // its data as a finished stage does.
+            let read_other_data = [stage_dir.clone(), resume::checkpoint_dir(&stage_dir)]
+                .into_iter()
+                .find_map(|dir| ctx.data_digest.check(&dir).err().map(|change| (dir, change)));
+            let stale_here = read_other_data.is_some();
+            if let Some((dir, change)) = read_other_data {
+                if retrain == Retrain::Unfinished {
+                    bail!("{}: that {} stage read other data: {change}; --force trains it again on the new data", dir.display(), stage.name());
+                }
+                eprintln!("{}: not taken as done, it read other data: {change}", dir.display());
+                resume::remove_checkpoint(&stage_dir)?;
+            } else if let Some(row) = finished_stage(&marker)? {
                 resume::remove_checkpoint(&stage_dir)?;
                 // The marker is written before the row: a kill between them left the row out.
                 append_result(&ctx.results_csv, &row)?;
@@ -192,10 +222,15 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
                 rows.push(row);
                 continue;
             }
-            if let Some(found) = find_finished(&ctx.experiment, stage) {
-                resume::remove_checkpoint(&stage_dir)?;
-                rows.push(ctx.reuse(stage, found)?);
-                continue;
+            match find_finished(&ctx.experiment, stage) {
+                Lookup::Finished(found) => {
+                    resume::remove_checkpoint(&stage_dir)?;
+                    rows.push(ctx.reuse(stage, found)?);
+                    continue;
+                }
+                // (Said above when it is this run's own stage, or the teacher's dir.)
+                Lookup::ReadOtherData { dir, change } if !stale_here => eprintln!("{}: not reused, it read other data: {change}", dir.display()),
+                Lookup::ReadOtherData { .. } | Lookup::Missing => {}
             }
         }
         // A stage reused earlier is a link to the run that trained it: training it here
@@ -210,7 +245,7 @@ pub fn run_experiment_with(experiment: Experiment, force: bool) -> Result<Vec<Re
         };
         // The data it read, then the marker, then the row (appended once): a kill between the
         // last two is repaired by the rerun above, and never gives a second row.
-        data_digest.write(&stage_dir)?;
+        ctx.data_digest.write(&stage_dir)?;
         write_atomic(&marker, serde_json::to_string_pretty(&row)?.as_bytes())?;
         append_result(&ctx.results_csv, &row)?;
         resume::remove_checkpoint(&stage_dir)?;

@@ -2,7 +2,8 @@
 //! the training loop keeps a checkpoint beside the stage's folder (`STAGE_DIR.resume/`,
 //! written whole or not at all): the trainee's weights, optimizer moments and dropout stream
 //! (`state.safetensors`), the loop's counters (`loop.json`) and the stage's metrics rows so
-//! far (`metrics.csv`). A rerun continues from it — the batch order is replayed from the
+//! far (`metrics.csv`), and the data it trains on (`data.sha256`: a rerun on edited train or
+//! dev files does not continue from it). A rerun continues from it — the batch order is replayed from the
 //! seed, so nothing else needs saving — and ends with the metrics an uninterrupted run has,
 //! bit for bit on the same machine. The checkpoint is removed once the stage's result is
 //! written.
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::data::DataDigest;
 use crate::metrics::Metrics;
 use crate::models::layers::{f32_bytes, f32_values, serialize_tensors, NamedTensor, ParamMut};
 use crate::ops::dropout::{DropoutRng, RngPosition};
@@ -148,9 +150,11 @@ mod bits {
     }
 }
 
-/// A stage's checkpoint folder.
-pub struct Checkpoint {
+/// A stage's checkpoint folder, and the data its stage reads (recorded in it, so that a
+/// rerun on edited data does not continue from it).
+pub struct Checkpoint<'a> {
     pub dir: PathBuf,
+    pub data: &'a DataDigest,
 }
 
 /// What [`Checkpoint::load`] found.
@@ -159,7 +163,7 @@ pub struct Resumed {
     pub rows: Vec<MetricsRow>,
 }
 
-impl Checkpoint {
+impl Checkpoint<'_> {
     /// Writes the checkpoint whole: `save_trainee` writes the state file into the folder
     /// being built and returns false where the device cannot (nothing is then kept).
     pub fn save(&self, state: &LoopState, rows: &[MetricsRow], save_trainee: impl FnOnce(&Path) -> Result<bool>) -> Result<bool> {
@@ -168,7 +172,7 @@ impl Checkpoint {
             saved = save_trainee(&tmp.join("state.safetensors"))?;
             std::fs::write(tmp.join("loop.json"), serde_json::to_string_pretty(state)?)?;
             std::fs::write(tmp.join("metrics.csv"), csv_bytes(rows)?)?;
-            Ok(())
+            self.data.write(tmp)
         })?;
         if !saved {
             std::fs::remove_dir_all(&self.dir).ok();

@@ -112,32 +112,58 @@ pub struct FinishedStage {
     pub dir: PathBuf,
 }
 
+/// What [`find_finished`] found of a stage.
+#[derive(Debug)]
+pub enum Lookup {
+    Finished(FinishedStage),
+    /// Only stages that recorded other train or dev files than the experiment's are now: the
+    /// newest one's folder and what changed (`FILE has changed since (…)`).
+    ReadOtherData { dir: PathBuf, change: String },
+    Missing,
+}
+
+impl Lookup {
+    pub fn finished(self) -> Option<FinishedStage> {
+        match self {
+            Lookup::Finished(found) => Some(found),
+            _ => None,
+        }
+    }
+}
+
 /// Where `stage` of `exp` already finished, if anywhere under its `out_dir`: the teacher in
 /// its dir; the student stages in any run dir whose saved `config.toml` gives the same key
-/// (so runs made before keys existed are found too). A stage that recorded other train or dev
-/// files than `exp`'s are now (see [`DataDigest`]) is passed over, with a note.
-pub fn find_finished(exp: &Experiment, stage: Stage) -> Option<FinishedStage> {
+/// (so runs made before keys existed are found too), newest first. A stage that recorded
+/// other train or dev files than `exp`'s are now (see [`DataDigest`]) is passed over.
+pub fn find_finished(exp: &Experiment, stage: Stage) -> Lookup {
     let data = DataDigest::of_experiment(exp).ok();
-    let same_data = |found: &FinishedStage| match data.as_ref().map(|d| d.check(&found.dir)) {
+    let mut other_data = None;
+    let mut same_data = |found: &FinishedStage| match data.as_ref().map(|d| d.check(&found.dir)) {
         Some(Err(change)) => {
-            eprintln!("{}: not reused, it read other data: {change}", found.dir.display());
+            other_data.get_or_insert((found.dir.clone(), change));
             false
         }
         _ => true,
     };
-    if stage == Stage::Teacher {
+    let found = if stage == Stage::Teacher {
         let dir = teacher_dir(exp);
-        return finished_teacher(&dir).ok().flatten().map(|row| FinishedStage { row, dir }).filter(same_data);
+        finished_teacher(&dir).ok().flatten().map(|row| FinishedStage { row, dir }).filter(&mut same_data)
+    } else {
+        let key = stage_key(exp, stage);
+        finished_runs(&expand_path(&exp.out_dir), stage).into_iter().filter(|(k, _)| *k == key).map(|(_, found)| found).find(|found| {
+            let weights = found.dir.join("model.safetensors");
+            let intact = crate::files::safetensors_intact(&weights);
+            if !intact {
+                eprintln!("{}: missing, truncated or damaged; that finished {} stage is not reused", weights.display(), stage.name());
+            }
+            intact && same_data(found)
+        })
+    };
+    match (found, other_data) {
+        (Some(found), _) => Lookup::Finished(found),
+        (None, Some((dir, change))) => Lookup::ReadOtherData { dir, change },
+        (None, None) => Lookup::Missing,
     }
-    let key = stage_key(exp, stage);
-    finished_runs(&expand_path(&exp.out_dir), stage).into_iter().filter(|(k, _)| *k == key).map(|(_, found)| found).find(|found| {
-        let weights = found.dir.join("model.safetensors");
-        let intact = crate::files::safetensors_intact(&weights);
-        if !intact {
-            eprintln!("{}: missing, truncated or damaged; that finished {} stage is not reused", weights.display(), stage.name());
-        }
-        intact && same_data(found)
-    })
 }
 
 /// Every finished `stage` under `out_dir` with its key, newest first. Run dirs whose config

@@ -134,7 +134,7 @@ pub fn fit(ctx: &RunContext, setup: &mut StudentSetup, train_set: &EncodedSet, t
         checkpoint: &checkpoint,
         teacher_rows: Vec::new(),
     };
-    let loop_settings = LoopSettings::new(stage, cfg, train_set.len(), checkpoint_dir(&student_dir));
+    let loop_settings = LoopSettings::new(stage, cfg, train_set.len(), checkpoint_dir(&student_dir), &ctx.data_digest);
     let rng = &mut setup.rng;
     let outcome = run_training_loop(&loop_settings, &mut trainee, || shuffled_batches(train_set.len(), cfg.batch_size, rng), &mut log)?;
 

@@ -99,7 +99,7 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
         warmup: (cfg.warmup_ratio * total_steps as f64).ceil() as usize,
         total_steps,
     };
-    let settings = LoopSettings::new("teacher", &cfg.training(), train_set.len(), checkpoint_dir(&teacher_dir));
+    let settings = LoopSettings::new("teacher", &cfg.training(), train_set.len(), checkpoint_dir(&teacher_dir), &ctx.data_digest);
     let outcome = run_training_loop(&settings, &mut trainee, || bucketed_batches(&lengths, cfg.batch_size, &mut rng), &mut log)?;
     let (best_epoch, dev_metrics) = (outcome.best_epoch, outcome.dev);
     // Reload the kept dir: checks that it round-trips and times inference on an idle model.

@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 
 use super::resume::{Checkpoint, LoopState};
 use crate::config::TrainingSettings;
+use crate::data::DataDigest;
 use crate::inference::Evaluation;
 use crate::metrics::Metrics;
 use crate::progress::progress_bar;
@@ -43,14 +44,15 @@ pub struct LoopSettings<'a> {
     pub eval_every: usize,
     /// What to change when the loss stops being finite, for the error message.
     pub advice: String,
-    /// Where the resume checkpoint is kept.
+    /// Where the resume checkpoint is kept, and the data it records (see [`DataDigest`]).
     pub checkpoint_dir: PathBuf,
+    pub data: &'a DataDigest,
 }
 
 impl<'a> LoopSettings<'a> {
     /// The loop of `stage` trained with its section's `training` settings over `rows` rows,
-    /// keeping its resume checkpoint in `checkpoint_dir`.
-    pub fn new(stage: &'a str, training: &TrainingSettings, rows: usize, checkpoint_dir: PathBuf) -> LoopSettings<'a> {
+    /// keeping its resume checkpoint in `checkpoint_dir` with a record of `data`.
+    pub fn new(stage: &'a str, training: &TrainingSettings, rows: usize, checkpoint_dir: PathBuf, data: &'a DataDigest) -> LoopSettings<'a> {
         let advice = if training.max_grad_norm > 0.0 {
             format!("lower {stage}.lr")
         } else {
@@ -63,6 +65,7 @@ impl<'a> LoopSettings<'a> {
             eval_every: training.eval_every,
             advice,
             checkpoint_dir,
+            data,
         }
     }
 }
@@ -99,7 +102,7 @@ pub fn run_training_loop(
 ) -> Result<LoopOutcome> {
     let stage = settings.stage;
     let total_steps = settings.steps_per_epoch * settings.epochs;
-    let checkpoint = Checkpoint { dir: settings.checkpoint_dir.clone() };
+    let checkpoint = Checkpoint { dir: settings.checkpoint_dir.clone(), data: settings.data };
     let mut state = LoopState { steps_per_epoch: settings.steps_per_epoch, epochs: settings.epochs, ..LoopState::default() };
     let mut stage_rows = Vec::new();
     match checkpoint.load(settings.steps_per_epoch, settings.epochs, |path| trainee.load_state(path)) {
