@@ -190,6 +190,20 @@ fn cli_run_without_its_data_names_the_key_and_leaves_no_run_dir() {
     assert!(ok && text.contains("2 train and 1 dev rows"), "{text}");
 }
 
+/// `c.toml`, a student alone on a two-row custom task (`train.tsv`, `dev.tsv`) in `dir`; returns
+/// the file's text.
+fn tiny_custom_experiment(dir: &Path, epochs: usize) -> String {
+    let toml = format!(
+        "name = \"c\"\ntask = \"custom\"\n[data]\ndir = \".\"\n[data.columns]\ntext_a = \"sentence\"\nlabel = \"label\"\n\
+         labels = [\"neg\", \"pos\"]\n[vocab]\nkind = \"jieba\"\n[student]\nembedding_dim = 8\nhidden_size = 8\ndropout = 0.0\n\
+         optimizer = \"adam\"\nlr = 1e-3\nbatch_size = 8\nepochs = {epochs}\n"
+    );
+    std::fs::write(dir.join("c.toml"), &toml).unwrap();
+    std::fs::write(dir.join("train.tsv"), "sentence\tlabel\nhello world\tpos\ngood day\tneg\n").unwrap();
+    std::fs::write(dir.join("dev.tsv"), "sentence\tlabel\nhello\tpos\nfine\tneg\n").unwrap();
+    toml
+}
+
 /// Run ids and stage keys hash the config, not the data: a stage that finished records the
 /// SHA-256 of the files it read, and after a data file is edited a rerun neither takes that
 /// stage as done (an error naming the file and `--force`) nor reuses it for another run with
@@ -198,12 +212,7 @@ fn cli_run_without_its_data_names_the_key_and_leaves_no_run_dir() {
 #[test]
 fn a_stage_that_read_other_data_is_not_taken_as_done() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = "name = \"c\"\ntask = \"custom\"\n[data]\ndir = \".\"\n[data.columns]\ntext_a = \"sentence\"\nlabel = \"label\"\n\
-                labels = [\"neg\", \"pos\"]\n[vocab]\nkind = \"jieba\"\n[student]\nembedding_dim = 8\nhidden_size = 8\ndropout = 0.0\n\
-                optimizer = \"adam\"\nlr = 1e-3\nbatch_size = 8\nepochs = 1\n";
-    std::fs::write(dir.path().join("c.toml"), toml).unwrap();
-    std::fs::write(dir.path().join("train.tsv"), "sentence\tlabel\nhello world\tpos\ngood day\tneg\n").unwrap();
-    std::fs::write(dir.path().join("dev.tsv"), "sentence\tlabel\nhello\tpos\nfine\tneg\n").unwrap();
+    tiny_custom_experiment(dir.path(), 1);
     let run = |extra: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_distill")).current_dir(dir.path()).args(["run", "c.toml"]).args(extra).output().unwrap();
         (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -259,15 +268,10 @@ fn a_stage_that_read_other_data_is_not_taken_as_done() {
 #[test]
 fn an_interrupted_stage_does_not_resume_on_other_data() {
     let dir = tempfile::tempdir().unwrap();
-    let toml = "name = \"c\"\ntask = \"custom\"\n[data]\ndir = \".\"\n[data.columns]\ntext_a = \"sentence\"\nlabel = \"label\"\n\
-                labels = [\"neg\", \"pos\"]\n[vocab]\nkind = \"jieba\"\n[student]\nembedding_dim = 8\nhidden_size = 8\ndropout = 0.0\n\
-                optimizer = \"adam\"\nlr = 1e-3\nbatch_size = 8\nepochs = 2\n";
-    std::fs::write(dir.path().join("c.toml"), toml).unwrap();
+    let toml = tiny_custom_experiment(dir.path(), 2);
     let no_teacher = "pending = \"no teacher here\"";
     let spec = format!("[[column]]\ntitle = \"C\"\nfile = \"c.toml\"\n[column.teacher]\n{no_teacher}\n[column.distilled]\n{no_teacher}\n");
     std::fs::write(dir.path().join("t.toml"), spec).unwrap();
-    std::fs::write(dir.path().join("train.tsv"), "sentence\tlabel\nhello world\tpos\ngood day\tneg\n").unwrap();
-    std::fs::write(dir.path().join("dev.tsv"), "sentence\tlabel\nhello\tpos\nfine\tneg\n").unwrap();
     let distill = |args: &[&str], stop: bool| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_distill"));
         command.current_dir(dir.path()).args(args);
