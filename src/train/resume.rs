@@ -1,11 +1,11 @@
 //! Resume inside a stage. At each evaluation (and every 10 minutes of training between them)
-//! the training loop keeps a checkpoint beside the stage's folder (`STAGE_DIR.resume/`,
-//! written whole or not at all): the trainee's weights, optimizer moments and dropout stream
-//! (`state.safetensors`), the loop's counters (`loop.json`) and the stage's metrics rows so
-//! far (`metrics.csv`), and the data it trains on (`data.sha256`: a rerun on edited train or
-//! dev files does not continue from it). A rerun continues from it — the batch order is replayed from the
-//! seed, so nothing else needs saving — and ends with the metrics an uninterrupted run has,
-//! bit for bit on the same machine. The checkpoint is removed once the stage's result is
+//! the training loop keeps a checkpoint beside the stage's folder (`STAGE_DIR.resume/`, written
+//! whole or not at all): the trainee's weights, optimizer moments and dropout stream
+//! (`state.safetensors`), the loop's counters (`loop.json`) and the stage's metrics rows so far
+//! (`metrics.csv`), and the data it trains on (`data.sha256`: a rerun on edited train or dev
+//! files does not continue from it). A rerun continues from it — the batch order is replayed
+//! from the seed, so nothing else needs saving — and ends with the metrics an uninterrupted run
+//! has, bit for bit on the same machine. The checkpoint is removed once the stage's result is
 //! written.
 
 use std::collections::HashMap;
