@@ -301,6 +301,13 @@ fn an_interrupted_stage_does_not_resume_on_other_data() {
     let now = distill::data::DataDigest::of(&dir.path().join("train.tsv"), &dir.path().join("dev.tsv")).unwrap();
     assert!(now.check(&run_dir.join("student")).is_ok(), "{recorded}");
     assert!(distill(&["run", "c.toml"], false).1.contains("already finished"));
+    // Trained again on newer data (`--force`) and stopped part-way: the checkpoint, which read
+    // this data, is continued from; the stage's older result is not taken, nor an error.
+    std::fs::write(dir.path().join("train.tsv"), "sentence\tlabel\nhello world\tneg\ngood day\tpos\n").unwrap();
+    let (ok, log) = distill(&["run", "c.toml", "--force"], true);
+    assert!(!ok && log.contains("stops here"), "{log}");
+    let (ok, log) = distill(&["run", "c.toml"], false);
+    assert!(ok && log.contains("trained again on this data, continuing from") && log.contains("resuming after step 1"), "{log}");
     // So does `distill sweep`, for a point whose finished stage read other data.
     std::fs::write(dir.path().join("s.toml"), format!("{toml}[sweep]\n\"student.lr\" = [1e-3, 2e-3]\n")).unwrap();
     let (ok, log) = distill(&["sweep", "s.toml"], false);

@@ -198,11 +198,19 @@ pub fn run_experiment_with(experiment: Experiment, retrain: Retrain) -> Result<V
         } else {
             // What this stage, finished or stopped part-way, read: a resume checkpoint records
             // its data as a finished stage does.
-            let read_other_data = [stage_dir.clone(), resume::checkpoint_dir(&stage_dir)]
+            let checkpoint = resume::checkpoint_dir(&stage_dir);
+            let read_other_data = [stage_dir.clone(), checkpoint.clone()]
                 .into_iter()
                 .find_map(|dir| ctx.data_digest.check(&dir).err().map(|change| (dir, change)));
+            // A stage that read other data, being trained again on this data (`--force`, or
+            // reproduce) and stopped part-way: its checkpoint, not its old result, says where it is.
+            let retraining = read_other_data.as_ref().is_some_and(|(dir, _)| *dir == stage_dir)
+                && checkpoint.join(DataDigest::FILE_NAME).is_file()
+                && ctx.data_digest.check(&checkpoint).is_ok();
             let stale_here = read_other_data.is_some();
-            if let Some((dir, change)) = read_other_data {
+            if retraining {
+                eprintln!("{}: trained again on this data, continuing from {}", stage_dir.display(), checkpoint.display());
+            } else if let Some((dir, change)) = read_other_data {
                 if retrain == Retrain::Unfinished {
                     bail!("{}: that {} stage read other data: {change}; --force trains it again on the new data", dir.display(), stage.name());
                 }
