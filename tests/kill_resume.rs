@@ -59,7 +59,9 @@ fn phase(log: &Path) -> &'static str {
 
 #[test]
 fn runs_killed_at_random_moments_finish_with_the_uninterrupted_figures() {
-    let Some(model) = common::minilm() else { return };
+    let Some(minilm) = common::minilm() else { return };
+    let assets = tempfile::tempdir().unwrap();
+    let model = common::tiny_teacher(&minilm, assets.path());
     let kills_wanted: usize = std::env::var("DISTILL_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     let whole_dir = tempfile::tempdir().unwrap();
     let file = whole_dir.path().join("small.toml");
@@ -70,7 +72,7 @@ fn runs_killed_at_random_moments_finish_with_the_uninterrupted_figures() {
     let whole = figures(&read_results(&whole_dir.path().join("results.csv")).unwrap());
 
     // Each round kills once in each phase, in order: when the log shows the phase began,
-    // after a random 0–400 ms; then lets the last rerun finish.
+    // after a random 0–100 ms (a phase lasts a few hundred); then lets the last rerun finish.
     let mut rng = rand::rngs::StdRng::seed_from_u64(17);
     let mut kills: Vec<&str> = Vec::new();
     let mut rounds = 0;
@@ -90,7 +92,7 @@ fn runs_killed_at_random_moments_finish_with_the_uninterrupted_figures() {
                 }
                 let reached = target.is_some_and(|t| PHASES.iter().position(|p| p == t) <= PHASES.iter().position(|p| *p == phase(&log)));
                 if reached && kill_at.is_none() {
-                    kill_at = Some(Instant::now() + Duration::from_millis(rng.gen_range(0..400)));
+                    kill_at = Some(Instant::now() + Duration::from_millis(rng.gen_range(0..100)));
                 }
                 if kill_at.is_some_and(|at| Instant::now() >= at) {
                     child.kill().unwrap(); // SIGKILL

@@ -71,32 +71,17 @@ pub fn student_parity() -> Result<Vec<String>> {
     Ok(report)
 }
 
-/// Writes an HF BERT dir with random weights (normal, std 0.02; LayerNorm 1 and 0) of
-/// all-MiniLM-L6-v2's shape: 6 layers, hidden 384, 12 heads, FFN 1536, vocab 30,522. The lent
-/// GPU machines cannot reach a model hub, and speed and parity do not depend on the values.
+/// Writes an HF BERT dir with random weights of all-MiniLM-L6-v2's shape: 6 layers, hidden
+/// 384, 12 heads, FFN 1536, vocab 30,522. The lent GPU machines cannot reach a model hub, and
+/// speed and parity do not depend on the values.
 pub fn write_random_minilm(dir: &std::path::Path) -> Result<()> {
-    use crate::models::bert::{BertConfig, BertModel};
     let config = serde_json::json!({
         "architectures": ["BertModel"], "model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
         "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
         "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
         "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02
     });
-    let mut model = BertModel::zeros(serde_json::from_value::<BertConfig>(config.clone())?, true, &Cpu::default());
-    let mut rng = StdRng::seed_from_u64(0);
-    let normal = rand_distr::Normal::new(0f32, 0.02).expect("valid std");
-    let mut params = Vec::new();
-    model.params_mut("", &mut params);
-    // Weight matrices random; biases stay 0 and LayerNorm weights 1, as `zeros` made them.
-    for (_, param) in params.iter_mut().filter(|(_, p)| p.dims().len() == 2) {
-        let values: Vec<f32> = (0..param.dims().iter().product()).map(|_| rand_distr::Distribution::sample(&normal, &mut rng)).collect();
-        param.set_values(&values);
-    }
-    let bytes = crate::models::layers::safetensors_bytes(&params, std::collections::HashMap::new())?;
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    std::fs::write(dir.join("model.safetensors"), bytes)?;
-    Ok(())
+    crate::models::bert::BertModel::write_random(dir, &config, 0)
 }
 
 /// Teacher logits, CPU vs GPU, on a BERT dir (varied lengths, so padding and the mask count).

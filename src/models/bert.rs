@@ -397,6 +397,26 @@ impl BertModel {
         }
     }
 
+    /// Writes an HF BERT dir (`config.json`, `model.safetensors` with a pooler) of `config`'s
+    /// shapes with random weights: matrices normal with std 0.02, biases 0, LayerNorm 1 and 0.
+    /// For benchmarks, GPU checks and tests, where the values do not matter.
+    pub fn write_random(dir: &Path, config: &serde_json::Value, seed: u64) -> Result<()> {
+        let mut model = BertModel::zeros(serde_json::from_value::<BertConfig>(config.clone())?, true, &Cpu::default());
+        let mut rng = <StdRng as rand::SeedableRng>::seed_from_u64(seed);
+        let normal = rand_distr::Normal::new(0f32, 0.02).expect("valid std");
+        let mut params = Vec::new();
+        model.params_mut("", &mut params);
+        for (_, param) in params.iter_mut().filter(|(_, p)| p.dims().len() == 2) {
+            let values: Vec<f32> = (0..param.dims().iter().product()).map(|_| rand_distr::Distribution::sample(&normal, &mut rng)).collect();
+            param.set_values(&values);
+        }
+        let bytes = safetensors_bytes(&params, HashMap::new())?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(config)?)?;
+        std::fs::write(dir.join("model.safetensors"), bytes)?;
+        Ok(())
+    }
+
     /// Last hidden state `[batch·seq, hidden]`; the tape starts at `word_embeddings`.
     pub fn forward<T: Tape<f32, Cpu>>(&self, word_embeddings: Matrix<T>, input: &BertInput, dropout: Dropout) -> Matrix<T> {
         let mask = input.additive_mask();

@@ -14,6 +14,25 @@ pub fn minilm() -> Option<PathBuf> {
     }
 }
 
+/// A small random BERT with MiniLM's tokenizer and vocab (2 layers, hidden 32, 2 heads), written
+/// under `parent`: a teacher that fine-tunes in a fraction of a second, for tests of what a
+/// run does around the model (resume, caches, stage reuse). The real MiniLM is tested in
+/// `bert_parity.rs` and `teacher.rs`.
+pub fn tiny_teacher(minilm: &Path, parent: &Path) -> PathBuf {
+    let dir = parent.join("tiny-bert");
+    let config = serde_json::json!({
+        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": 30522, "hidden_size": 32,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+        "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+        "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1
+    });
+    distill::models::bert::BertModel::write_random(&dir, &config, 7).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
+        std::fs::copy(minilm.join(file), dir.join(file)).unwrap();
+    }
+    dir
+}
+
 /// A small real experiment with all three stages on an SST-2 slice, several evaluations per
 /// stage and a teacher pass of two segments (for the resume tests).
 pub fn small_experiment(model: &Path, out: &Path) -> String {
