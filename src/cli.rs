@@ -215,7 +215,7 @@ impl Cli {
             Command::Predict(args) => crate::predict::run(args),
             Command::TrimVocab { model, experiment, out, keep_chars } => {
                 let exp = Experiment::load(&experiment, &[])?;
-                let task = crate::data::Task::new(exp.task, exp.data.columns.as_ref());
+                let task = exp.task();
                 let (train, dev) = crate::train::load_splits(&exp, &task)?;
                 let texts: Vec<(&str, Option<&str>)> = train
                     .examples
@@ -276,7 +276,7 @@ pub fn validate(file: &std::path::Path, overrides: &[String]) -> Result<()> {
     } else {
         let exp = Experiment::load(file, overrides)?;
         exp.check_inputs().map_err(|(key, message)| anyhow::anyhow!("{}: key `{key}`: {message}", file.display()))?;
-        let (train, dev) = crate::train::load_splits(&exp, &crate::data::Task::new(exp.task, exp.data.columns.as_ref()))?;
+        let (train, dev) = crate::train::load_splits(&exp, &exp.task())?;
         println!("{}: ok ({}, stages {:?}; {} train and {} dev rows)", file.display(), exp.name, exp.stages, train.examples.len(), dev.examples.len());
         if exp.teacher.is_some() {
             use crate::train::stage_key::{find_finished, Lookup};

@@ -640,6 +640,11 @@ impl Experiment {
         self.augment.seed.unwrap_or(self.seed)
     }
 
+    /// The task this experiment's data files are read as (a custom task's columns included).
+    pub fn task(&self) -> crate::data::Task {
+        crate::data::Task::new(self.task, self.data.columns.as_ref())
+    }
+
     /// Reads, overrides and checks an experiment file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Experiment, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

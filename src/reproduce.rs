@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use anyhow::{bail, Result};
 
 use crate::config::{expand_path, Experiment, Stage};
-use crate::data::{Dataset, Task};
+use crate::data::Dataset;
 use crate::encode::TeacherSet;
 use crate::models::bert::BertConfig;
 use crate::report::{read_results, ResultRow};
@@ -237,7 +237,7 @@ fn training_rows(exp: &Experiment) -> Option<usize> {
 }
 
 fn training_split(exp: &Experiment) -> Option<Dataset> {
-    let task = Task::new(exp.task, exp.data.columns.as_ref());
+    let task = exp.task();
     crate::train::load_splits(exp, &task).ok().map(|(train, _)| train)
 }
 

@@ -71,7 +71,7 @@ epochs = 3
         .collect();
     assert_eq!(vocab.len(), model.shape.vocab_size);
     let encoder = distill::tokenize::TextEncoder::jieba_with_vocab(distill::tokenize::Vocab::from_tokens(vocab).unwrap());
-    let task = distill::data::Task::new(exp.task, None);
+    let task = exp.task();
     let (_, dev) = distill::train::load_splits(&exp, &task).unwrap();
     let set = distill::encode::EncodedSet::new(&dev, &encoder, exp.student.as_ref().unwrap().max_seq_len);
     let student = distill::backend::StudentBackend::for_inference(model, distill::config::DeviceName::Cpu).unwrap();

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::config::{expand_path, Experiment, VocabKind};
-use crate::data::Task;
 use crate::files::write_atomic;
 
 /// `student.json` in a student stage dir: what `distill predict` needs besides the weights
@@ -27,7 +26,7 @@ pub struct StudentCard {
 impl StudentCard {
     fn from_experiment(exp: &Experiment) -> Result<StudentCard> {
         let cfg = exp.student.as_ref().context("a student stage needs [student]")?;
-        let task = Task::new(exp.task, exp.data.columns.as_ref());
+        let task = exp.task();
         Ok(StudentCard {
             task: exp.task.name().into(),
             labels: task.labels.clone(),

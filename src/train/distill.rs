@@ -16,7 +16,7 @@ use super::RunContext;
 use crate::augment::{join_words, Augmenter, TransferExample};
 use crate::backend::{StudentBackend, TeacherBackend};
 use crate::config::{expand_path, DeviceName, DistillConfig, Experiment};
-use crate::data::{Example, Language, Task};
+use crate::data::{Example, Language};
 use crate::encode::{EncodedSet, TeacherSet};
 use crate::inference::{cached_teacher_logits, evaluate_student, evaluate_teacher, logits_cache_key, logits_cache_path};
 use crate::loss::{LossSpec, Targets};
@@ -136,7 +136,7 @@ pub fn teacher_logits_cached(exp: &Experiment) -> Option<bool> {
     let cfg = exp.distill.as_ref()?;
     let teacher = distill_teacher_dir(exp, cfg);
     let max_len = exp.teacher.as_ref().map_or(128, |t| t.max_seq_len);
-    let task = Task::new(exp.task, exp.data.columns.as_ref());
+    let task = exp.task();
     let (train, _) = super::load_splits(exp, &task).ok()?;
     let transfer = transfer_set(exp, &train.examples, task.language).ok()?;
     let texts = teacher_texts(&transfer, &teacher, max_len, &exp.augment.mask_token, task.language).ok()?;
@@ -173,7 +173,7 @@ fn transfer_summary(exp: &Experiment, transfer: &[TransferExample]) -> String {
 pub fn preview_transfer_set(exp: &Experiment, n: usize) -> Result<String> {
     use rand::seq::index::sample;
     use std::fmt::Write;
-    let task = Task::new(exp.task, exp.data.columns.as_ref());
+    let task = exp.task();
     let (train, _) = super::load_splits(exp, &task)?;
     let transfer = transfer_set(exp, &train.examples, task.language)?;
     let text = |r: &TransferExample| {

@@ -170,7 +170,7 @@ pub fn run_experiment_with(experiment: Experiment, retrain: Retrain) -> Result<V
     let data_digest = DataDigest::of_experiment(&experiment)
         .with_context(|| format!("{}: cannot read the data files", expand_path(&experiment.data.dir).display()))?;
     // Every stage reads both splits: a bad row (named by file and line) stops the run here.
-    load_splits(&experiment, &Task::new(experiment.task, experiment.data.columns.as_ref()))?;
+    load_splits(&experiment, &experiment.task())?;
     let ctx = RunContext::create(experiment, data_digest)?;
     // One process at a time per run dir: a second `distill run` of the same experiment waits,
     // then finds the stages finished instead of training them again.

@@ -48,7 +48,7 @@ pub struct StudentSetup {
 impl StudentSetup {
     pub fn new(exp: &Experiment, dropout: f64) -> Result<StudentSetup> {
         let cfg = exp.student.as_ref().context("this stage needs a [student] table")?;
-        let task = Task::new(exp.task, exp.data.columns.as_ref());
+        let task = exp.task();
         let (train, dev) = load_splits(exp, &task)?;
         eprintln!("data: {} train, {} dev examples ({:?})", train.examples.len(), dev.examples.len(), task.name);
 

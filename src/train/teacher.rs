@@ -59,7 +59,7 @@ pub fn train_teacher(ctx: &RunContext) -> Result<ResultRow> {
     let cfg = exp.teacher.as_ref().context("the teacher stage needs a [teacher] table")?;
     // A finished teacher with the same key is reused by the stage runner before this is called.
     let teacher_dir = teacher_dir(exp);
-    let task = Task::new(exp.task, exp.data.columns.as_ref());
+    let task = exp.task();
     let (train, dev) = load_splits(exp, &task)?;
     eprintln!("data: {} train, {} dev examples ({:?})", train.examples.len(), dev.examples.len(), task.name);
 
