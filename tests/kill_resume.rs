@@ -59,9 +59,7 @@ fn phase(log: &Path) -> &'static str {
 
 #[test]
 fn runs_killed_at_random_moments_finish_with_the_uninterrupted_figures() {
-    let Some(minilm) = common::minilm() else { return };
-    let assets = tempfile::tempdir().unwrap();
-    let model = common::tiny_teacher(&minilm, assets.path());
+    let Some((_assets, model)) = common::tiny_teacher() else { return };
     let kills_wanted: usize = std::env::var("DISTILL_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     let whole_dir = tempfile::tempdir().unwrap();
     let file = whole_dir.path().join("small.toml");

@@ -147,9 +147,7 @@ fn keys_name_their_stage_and_are_stable() {
 /// links it into its own run dir. `results.csv` gets one row per stage actually trained.
 #[test]
 fn finished_stages_are_reused_by_key_across_runs_and_stage_lists() {
-    let Some(minilm) = common::minilm() else { return };
-    let assets = tempfile::tempdir().unwrap();
-    let model_dir = common::tiny_teacher(&minilm, assets.path());
+    let Some((_assets, model_dir)) = common::tiny_teacher() else { return };
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/SST-2");
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("reuse.toml");

@@ -14,12 +14,14 @@ pub fn minilm() -> Option<PathBuf> {
     }
 }
 
-/// A small random BERT with MiniLM's tokenizer and vocab (2 layers, hidden 32, 2 heads), written
-/// under `parent`: a teacher that fine-tunes in a fraction of a second, for tests of what a
-/// run does around the model (resume, caches, stage reuse). The real MiniLM is tested in
-/// `bert_parity.rs` and `teacher.rs`.
-pub fn tiny_teacher(minilm: &Path, parent: &Path) -> PathBuf {
-    let dir = parent.join("tiny-bert");
+/// A small random BERT with MiniLM's tokenizer and vocab (2 layers, hidden 32, 2 heads), in a
+/// temporary dir kept alive by the returned guard: a teacher that fine-tunes in a fraction of a
+/// second, for tests of what a run does around the model (resume, caches, stage reuse). `None`
+/// (skipped) without MiniLM. The real MiniLM is tested in `bert_parity.rs` and `teacher.rs`.
+pub fn tiny_teacher() -> Option<(tempfile::TempDir, PathBuf)> {
+    let minilm = minilm()?;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("tiny-bert");
     let config = serde_json::json!({
         "architectures": ["BertModel"], "model_type": "bert", "vocab_size": 30522, "hidden_size": 32,
         "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
@@ -30,7 +32,7 @@ pub fn tiny_teacher(minilm: &Path, parent: &Path) -> PathBuf {
     for file in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
         std::fs::copy(minilm.join(file), dir.join(file)).unwrap();
     }
-    dir
+    Some((parent, dir))
 }
 
 /// A small real experiment with all three stages on an SST-2 slice, several evaluations per
