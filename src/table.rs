@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::config::{DistillConfig, DistillLoss, Experiment, Stage, VectorsTeacher};
+use crate::config::{DistillConfig, DistillLoss, Experiment, Pooling, Stage, VectorsTeacher, Weighting};
 use crate::files::write_atomic;
 use crate::train::stage_key::{find_finished, stage_key, Lookup};
 
@@ -335,7 +335,16 @@ fn differences(exp: &Experiment, kind: RowKind, seed: &SeedSetup) -> Vec<String>
         compare("teacher", teacher_model.as_deref().map(base).unwrap_or_else(|| "none".into()), &seed.teacher);
     }
     if kind != RowKind::Teacher {
-        let dim = exp.student.as_ref().map(|s| format!(" ({}d)", s.embedding_dim)).unwrap_or_default();
+        // The width, and for teacher-made vectors any setting off its default, so two cells
+        // that differ only there do not read alike.
+        let mut shape: Vec<String> = exp.student.iter().map(|s| format!("{}d", s.embedding_dim)).collect();
+        if exp.embeddings.from_teacher() {
+            let e = &exp.embeddings;
+            shape.extend(e.layer.map(|n| format!("layer {n}")));
+            shape.extend((e.pooling == Some(Pooling::Cls)).then(|| "[CLS]".to_string()));
+            shape.extend((e.weighting == Some(Weighting::Sif)).then(|| "SIF-weighted".to_string()));
+        }
+        let dim = if shape.is_empty() { String::new() } else { format!(" ({})", shape.join(", ")) };
         let vectors = match (exp.vectors_teacher(), &exp.embeddings.path) {
             (Some(VectorsTeacher::Trained), _) => format!("made by the fine-tuned teacher{dim}"),
             (Some(VectorsTeacher::Dir(dir)), _) => format!("made by the teacher {}{dim}", base(&dir)),
@@ -470,5 +479,9 @@ mod tests {
         let glove = ["embeddings={path=\"glove.6B.50d.txt\",format=\"glove\"}".to_string()];
         let notes = differences(&Experiment::load(Path::new("experiments/sst2.toml"), &glove).unwrap(), RowKind::Student, &seed);
         assert!(notes.contains(&"vectors glove.6B.50d.txt (50d)".to_string()), "{notes:?}");
+
+        let off_default = ["embeddings={source=\"teacher\",layer=4,pooling=\"cls\",weighting=\"sif\"}".to_string()];
+        let notes = differences(&Experiment::load(Path::new("experiments/sst2.toml"), &off_default).unwrap(), RowKind::Student, &seed);
+        assert!(notes.contains(&"vectors made by the fine-tuned teacher (50d, layer 4, [CLS], SIF-weighted)".to_string()), "{notes:?}");
     }
 }
