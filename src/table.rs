@@ -337,19 +337,19 @@ fn differences(exp: &Experiment, kind: RowKind, seed: &SeedSetup) -> Vec<String>
     if kind != RowKind::Teacher {
         // The width, and for teacher-made vectors any setting off its default, so two cells
         // that differ only there do not read alike.
-        let mut shape: Vec<String> = exp.student.iter().map(|s| format!("{}d", s.embedding_dim)).collect();
+        let mut parts: Vec<String> = exp.student.iter().map(|s| format!("{}d", s.embedding_dim)).collect();
         if exp.embeddings.from_teacher() {
             let e = &exp.embeddings;
-            shape.extend(e.layer.map(|n| format!("layer {n}")));
-            shape.extend((e.pooling == Some(Pooling::Cls)).then(|| "[CLS]".to_string()));
-            shape.extend((e.weighting == Some(Weighting::Sif)).then(|| "SIF-weighted".to_string()));
+            parts.extend(e.layer.map(|n| format!("layer {n}")));
+            parts.extend((e.pooling == Some(Pooling::Cls)).then(|| "[CLS]".to_string()));
+            parts.extend((e.weighting == Some(Weighting::Sif)).then(|| "SIF-weighted".to_string()));
         }
-        let dim = if shape.is_empty() { String::new() } else { format!(" ({})", shape.join(", ")) };
+        let shape = if parts.is_empty() { String::new() } else { format!(" ({})", parts.join(", ")) };
         let vectors = match (exp.vectors_teacher(), &exp.embeddings.path) {
-            (Some(VectorsTeacher::Trained), _) => format!("made by the fine-tuned teacher{dim}"),
-            (Some(VectorsTeacher::Dir(dir)), _) => format!("made by the teacher {}{dim}", base(&dir)),
-            (Some(VectorsTeacher::Pretrained(model)), _) => format!("made by the pretrained {}{dim}", base(&model)),
-            (None, Some(p)) => format!("{}{dim}", base(p)),
+            (Some(VectorsTeacher::Trained), _) => format!("made by the fine-tuned teacher{shape}"),
+            (Some(VectorsTeacher::Dir(dir)), _) => format!("made by the teacher {}{shape}", base(&dir)),
+            (Some(VectorsTeacher::Pretrained(model)), _) => format!("made by the pretrained {}{shape}", base(&model)),
+            (None, Some(p)) => format!("{}{shape}", base(p)),
             (None, None) => "random init".into(),
         };
         compare("vectors", vectors, &seed.vectors);
